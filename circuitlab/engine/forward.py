@@ -1,0 +1,132 @@
+"""Forward passes that do only the work a patch can change.
+
+``run_to_final`` runs the model with hooks and returns the residual stream entering the final
+norm; the caller unembeds only the positions its metric reads (for a 50k vocabulary that is a
+third of a small model's forward pass). A :class:`Restart` skips what a patch cannot change:
+blocks before the patched layer (their output is taken from the cached residual stream) and,
+under causal attention, positions before the patched one (their keys and values come from the
+cached base run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from circuitlab.engine.hooks import scoped_hooks
+
+
+class _FinalResidual(Exception):
+    def __init__(self, resid: torch.Tensor):
+        self.resid = resid
+
+
+@dataclass
+class Restart:
+    """Where a forward pass starts instead of the embeddings."""
+
+    layer: int
+    """First block to run; ``resid`` is the residual stream entering it."""
+    resid: torch.Tensor
+    """[batch, positions from ``start_pos``, d_model]."""
+    start_pos: int = 0
+    """First position recomputed; earlier positions' keys/values come from ``past``."""
+    past: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None
+    """Per-layer (key, value) of positions < start_pos, batch-aligned with ``resid``."""
+
+
+def run_to_final(
+    model,
+    tokens: torch.Tensor,
+    hooks: Iterable[tuple[str, Callable]] = (),
+    restart: Optional[Restart] = None,
+    kv_cache=None,
+) -> torch.Tensor:
+    """Run ``tokens`` [batch, pos] with ``hooks``; return the residual entering the final norm
+    ([batch, pos - start_pos, d_model]). ``kv_cache``: an empty HF DynamicCache to fill with the
+    run's keys/values (for later restarts)."""
+    bridge = model.bridge
+    hooks = list(hooks) + [("ln_final.hook_in", _stop)]
+    kwargs: dict = {}
+    pre = []
+    start = 0
+    if restart is not None and (restart.layer > 0 or restart.start_pos > 0):
+        start = restart.start_pos
+        tokens = tokens[:, start:]
+        pre.append((model.layers[restart.layer], _inject(restart.resid)))
+        if start > 0:
+            kwargs["past_key_values"] = _cache_from(model, restart.past)
+    elif restart is not None:
+        pre.append((model.layers[0], _inject(restart.resid)))
+    if kv_cache is not None:
+        kwargs["past_key_values"] = kv_cache
+        kwargs["use_cache"] = True
+    T = tokens.shape[1]
+    kwargs["position_ids"] = torch.arange(start, start + T, device=tokens.device).expand(
+        tokens.shape[0], T
+    )
+    skip = restart.layer if restart is not None else 0
+    with scoped_hooks(bridge, hooks, pre), _skip_blocks(model, skip):
+        try:
+            bridge(tokens, return_type=None, **kwargs)
+        except _FinalResidual as done:
+            return done.resid
+    raise RuntimeError("the model finished without reaching its final norm (ln_final.hook_in)")
+
+
+def final_logits(model, resid: torch.Tensor) -> torch.Tensor:
+    """Apply the final norm and unembedding to residual vectors [..., d_model]."""
+    return model.bridge.unembed(model.bridge.ln_final(resid))
+
+
+def new_kv_cache(model):
+    from transformers.cache_utils import DynamicCache
+
+    return DynamicCache(config=model.bridge.original_model.config)
+
+
+def kv_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(key, value) per layer from a filled DynamicCache, [batch, kv_heads, pos, d_head]."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _cache_from(model, past):
+    cache = new_kv_cache(model)
+    for i, (k, v) in enumerate(past):
+        cache.update(k, v, i)
+    return cache
+
+
+def _stop(resid: torch.Tensor):
+    raise _FinalResidual(resid)
+
+
+def _inject(resid: torch.Tensor):
+    def pre_hook(module, args, kwargs):
+        if args:
+            return (resid,) + tuple(args[1:]), kwargs
+        kwargs = dict(kwargs)
+        kwargs["hidden_states"] = resid
+        return args, kwargs
+
+    return pre_hook
+
+
+class _skip_blocks:
+    """Temporarily hand the HF model only blocks ``first..`` so earlier blocks never run."""
+
+    def __init__(self, model, first: int):
+        self.model, self.first = model, first
+
+    def __enter__(self):
+        if self.first > 0:
+            m = self.model
+            setattr(m.layers_owner, m.layers_attr, torch.nn.ModuleList(list(m.layers)[self.first :]))
+
+    def __exit__(self, *exc):
+        if self.first > 0:
+            m = self.model
+            setattr(m.layers_owner, m.layers_attr, m.layers)
+        return False

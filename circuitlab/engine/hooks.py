@@ -1,0 +1,70 @@
+"""Scoped hooks: the one place in circuitlab that attaches hooks to a model.
+
+Every hook lives for one ``with`` block and is removed on exit, also when the block raises, so a
+failed sweep never leaves a model that silently patches the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+
+def resolve(bridge, name: str):
+    """The HookPoint behind a (legacy or native) hook name, or a clear error."""
+    hook_dict = bridge.hook_dict
+    if name not in hook_dict:
+        close = [n for n in hook_dict if name.split(".")[-1] in n][:5]
+        raise KeyError(
+            f"unknown hook name {name!r} for this model"
+            + (f"; similar names: {', '.join(close)}" if close else "")
+        )
+    return hook_dict[name]
+
+
+@contextlib.contextmanager
+def scoped_hooks(
+    bridge,
+    forward: Iterable[tuple[str, HookFn]] = (),
+    pre_modules: Iterable[tuple[torch.nn.Module, Callable]] = (),
+) -> Iterator[None]:
+    """Attach forward hooks ``fn(activation) -> replacement | None`` by hook name, and
+    forward pre-hooks on plain modules, for the duration of the block."""
+    added: list[tuple[object, object]] = []
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    try:
+        for name, fn in forward:
+            hp = resolve(bridge, name)
+            lens_handle = hp.add_hook(_adapt(fn), dir="fwd")
+            added.append((hp, lens_handle))
+        for module, fn in pre_modules:
+            handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
+        yield
+    finally:
+        for hp, lens_handle in added:
+            lens_handle.hook.remove()
+            if lens_handle in hp.fwd_hooks:
+                hp.fwd_hooks.remove(lens_handle)
+        for h in handles:
+            h.remove()
+
+
+def _adapt(fn: HookFn):
+    def hook(activation, hook):  # TransformerLens calls hooks with a ``hook=`` keyword
+        return fn(activation)
+
+    hook.__name__ = getattr(fn, "__name__", "circuitlab_hook")
+    return hook
+
+
+def count_hooks(bridge) -> int:
+    """How many hooks are attached to the model's hook points (0 after any circuitlab call)."""
+    n = 0
+    for module in bridge.modules():
+        n += len(getattr(module, "_forward_hooks", {})) + len(getattr(module, "_backward_hooks", {}))
+        n += len(getattr(module, "_forward_pre_hooks", {}))
+    return n
