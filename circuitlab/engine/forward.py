@@ -130,3 +130,18 @@ class _skip_blocks:
             m = self.model
             setattr(m.layers_owner, m.layers_attr, m.layers)
         return False
+
+
+def gather_positions(resid: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """resid [rows, pos, d] -> [rows, k, d] at positions[rows] ([prompts, k])."""
+    pos = positions.to(resid.device)[rows]
+    return resid.gather(1, pos[..., None].expand(-1, -1, resid.shape[-1]))
+
+
+def metric_per_prompt(model, tokens: torch.Tensor, metric, hooks=()) -> torch.Tensor:
+    """One forward pass; the metric's per-prompt values [prompts] (logits only where read)."""
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    with torch.no_grad():
+        resid = run_to_final(model, tokens, hooks)
+        logits = final_logits(model, gather_positions(resid, metric.positions, rows))
+        return metric.per_prompt(logits, rows)

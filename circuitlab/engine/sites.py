@@ -47,7 +47,7 @@ def check_family(family: str) -> None:
         )
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Node:
     """One node: a site family at a layer, optionally at a position, head or unit.
 
@@ -59,7 +59,8 @@ class Node:
     family: str
     head: Optional[int] = None
     unit: Optional[int] = None
-    pos: Optional[int] = None
+    pos: Optional[int | str] = None
+    """An absolute position, a role name (``S2``: each prompt's own position), or None."""
 
     def __post_init__(self) -> None:
         check_family(self.family)
@@ -98,7 +99,9 @@ class Node:
                 "'L2.mlp_out@4', 'L1.resid_pre', 'L0.N17@3', 'L2.F9@5'"
             )
         layer = int(m["layer"])
-        pos = int(m["pos"]) if m["pos"] is not None else None
+        pos = m["pos"]
+        if pos is not None and pos.isdigit():
+            pos = int(pos)
         if m["head"] is not None:
             return Node(layer, m["hfam"] or "heads", head=int(m["head"]), pos=pos)
         if m["unit"] is not None:
@@ -112,5 +115,5 @@ _LABEL = re.compile(
     r"(?:H(?P<head>\d+)(?:\.(?P<hfam>q|k|v|pattern))?"
     r"|(?P<ukind>[NF])(?P<unit>\d+)"
     r"|(?P<family>resid_pre|resid_mid|resid_post|attn_out|mlp_out))"
-    r"(?:@(?P<pos>\d+))?"
+    r"(?:@(?P<pos>\w+))?"
 )

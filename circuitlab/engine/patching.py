@@ -1,0 +1,208 @@
+"""Batched patching: many (node, value) patches packed into few, short forward passes.
+
+Each patch is one copy of the base batch in which one node takes its value from a source run.
+K patches share a forward pass (K copies of the batch). Sorted by (layer, position), a pass
+restarts at its earliest patched layer from the cached residual stream and, when the model
+allows it (verified at load), recomputes only positions from its earliest patched position,
+reading earlier keys/values from the base run's cache. Only the logits the metric reads are
+computed, and per-prompt metric values stay on the device until the sweep ends.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from circuitlab.engine.forward import (
+    Restart, final_logits, gather_positions, kv_tensors, new_kv_cache, run_to_final,
+)
+from circuitlab.engine.sites import HEAD_FAMILIES, UNIT_FAMILIES, Node
+
+
+@dataclass
+class PatchRun:
+    """Per-prompt metric values of each patch, and what it cost."""
+
+    per_prompt: torch.Tensor
+    """[patches, prompts] metric value of each prompt under each patch."""
+    baseline: torch.Tensor
+    """[prompts] the unpatched base run."""
+    forward_passes: int
+    chunk_size: int
+
+
+def node_positions(node: Node, roles: dict[str, torch.Tensor], n_prompts: int, device) -> Optional[torch.Tensor]:
+    """[prompts] position of ``node`` in each prompt (None: all positions)."""
+    if node.pos is None:
+        return None
+    if isinstance(node.pos, str):
+        if node.pos not in roles:
+            raise ValueError(f"node {node}: unknown role {node.pos!r}; roles: {list(roles)}")
+        return roles[node.pos].to(device)
+    return torch.full((n_prompts,), int(node.pos), device=device, dtype=torch.long)
+
+
+def validate_nodes(model, nodes: Sequence[Node], n_pos: int) -> None:
+    for n in nodes:
+        if not 0 <= n.layer < model.n_layers:
+            raise ValueError(f"node {n}: layer {n.layer} out of range (model has {model.n_layers} layers: 0..{model.n_layers - 1})")
+        if n.family in HEAD_FAMILIES:
+            limit = model.n_kv_heads if n.family in ("k", "v") and _kv_hooks_grouped(model) else model.n_heads
+            if not 0 <= n.head < limit:
+                raise ValueError(f"node {n}: head {n.head} out of range (0..{limit - 1})")
+        if n.family == "neurons" and not 0 <= n.unit < model.d_mlp:
+            raise ValueError(f"node {n}: neuron {n.unit} out of range (0..{model.d_mlp - 1})")
+        if isinstance(n.pos, int) and not 0 <= n.pos < n_pos:
+            raise ValueError(f"node {n}: position {n.pos} out of range (prompts have {n_pos} positions)")
+        if n.family == "pattern":
+            raise ValueError("patching attention patterns is not supported yet; patch q, k or heads instead")
+
+
+def _kv_hooks_grouped(model) -> bool:
+    return getattr(model, "_kv_grouped", False)
+
+
+def chunk_size_for(model, n_prompts: int, n_pos: int, k_logits: int,
+                   max_patches_per_pass: Optional[int], memory_bytes: Optional[int]) -> int:
+    """How many patches fit in one pass: from free memory (or ``memory_bytes``), capped."""
+    elem = torch.finfo(model.dtype).bits // 8
+    per_row = n_pos * (8 * model.d_model + 2 * max(model.d_mlp, 1) + 3 * model.n_heads * n_pos) * elem
+    per_row += model.n_layers * 2 * n_pos * model.n_kv_heads * model.d_head * elem
+    per_row += k_logits * model.d_vocab * 4
+    budget = memory_bytes if memory_bytes is not None else int(0.25 * _free_memory(model.device))
+    k = max(1, budget // max(1, per_row * n_prompts))
+    cap = max_patches_per_pass or (64 if model.device.type == "cuda" else 8)
+    return int(max(1, min(k, cap)))
+
+
+def _free_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def patch_nodes(
+    model,
+    base_tokens: torch.Tensor,
+    source: dict[str, torch.Tensor],
+    nodes: Sequence[Node],
+    metric,
+    roles: Optional[dict[str, torch.Tensor]] = None,
+    max_patches_per_pass: Optional[int] = None,
+    memory_bytes: Optional[int] = None,
+    progress: bool = False,
+) -> PatchRun:
+    """Patch each node (one at a time, all prompts) with its ``source`` activation
+    ({hook name: [prompts, pos, ...]}) into the base run; return per-prompt metric values."""
+    roles = roles or {}
+    B, T = base_tokens.shape
+    dev = base_tokens.device
+    validate_nodes(model, nodes, T)
+    rows_b = torch.arange(B, device=dev)
+    positions = metric.positions.to(dev)
+    layers_needed = sorted({n.layer for n in nodes})
+    # Base run: residual entering every needed layer, keys/values, final residual.
+    resid_pre: dict[int, torch.Tensor] = {}
+
+    def keep(layer):
+        def fn(x):
+            resid_pre[layer] = x.detach()
+
+        return fn
+
+    with torch.no_grad():
+        kv = new_kv_cache(model) if model.fast_positions else None
+        hooks = [(f"blocks.{l}.hook_resid_pre", keep(l)) for l in layers_needed]
+        base_final = run_to_final(model, base_tokens, hooks, kv_cache=kv)
+        base_kv = kv_tensors(kv) if kv is not None else None
+        baseline = metric.per_prompt(final_logits(model, gather_positions(base_final, positions, rows_b)), rows_b)
+
+    pos_of = [node_positions(n, roles, B, dev) for n in nodes]
+    start_of = [0 if p is None else int(p.min()) for p in pos_of]
+    order = sorted(range(len(nodes)), key=lambda i: (nodes[i].layer, start_of[i], i))
+    K = chunk_size_for(model, B, T, positions.shape[1], max_patches_per_pass, memory_bytes)
+    out = torch.empty(len(nodes), B, device=dev, dtype=torch.float32)
+    passes = 0
+    chunks = [order[i : i + K] for i in range(0, len(order), K)]
+    for chunk in tqdm(chunks, desc="patching", disable=not progress, leave=False):
+        k = len(chunk)
+        layer0 = min(nodes[i].layer for i in chunk) if model.fast_restart else 0
+        start = min(start_of[i] for i in chunk) if model.fast_positions else 0
+        if not model.fast_restart:
+            start = 0
+        hooks = _patch_hooks(model, [nodes[i] for i in chunk], [pos_of[i] for i in chunk], source, B, T, start)
+        tokens = base_tokens.repeat(k, 1)
+        restart = None
+        if layer0 > 0 or start > 0:
+            past = None
+            if start > 0:
+                past = [(a[:, :, :start].repeat(k, 1, 1, 1), b[:, :, :start].repeat(k, 1, 1, 1)) for a, b in base_kv]
+            restart = Restart(layer0, resid_pre[layer0][:, start:].repeat(k, 1, 1), start, past)
+        with torch.no_grad():
+            new = run_to_final(model, tokens, hooks, restart)
+            if start > 0:
+                new = torch.cat([base_final[:, :start].repeat(k, 1, 1), new], dim=1)
+            rows = rows_b.repeat(k)
+            vals = metric.per_prompt(final_logits(model, gather_positions(new, positions, rows)), rows)
+        out[torch.tensor(chunk, device=dev)] = vals.view(k, B).float()
+        passes += 1
+    return PatchRun(out, baseline.float(), passes, K)
+
+
+def _patch_hooks(model, nodes, pos_list, source, B, T, start):
+    """One hook per hook name: rows of patch j take the source value where patch j's mask is set."""
+    by_hook: dict[str, list[int]] = {}
+    for j, n in enumerate(nodes):
+        by_hook.setdefault(n.hook, []).append(j)
+    K = len(nodes)
+    hooks = []
+    for name, js in by_hook.items():
+        src = source[name][:, start:]
+        Tn = T - start
+        fam = nodes[js[0]].family
+        if fam in HEAD_FAMILIES:
+            mask = torch.zeros(K, B, Tn, src.shape[2], dtype=torch.bool, device=src.device)
+        elif fam in UNIT_FAMILIES:
+            mask = torch.zeros(K, B, Tn, src.shape[2], dtype=torch.bool, device=src.device)
+        else:
+            mask = torch.zeros(K, B, Tn, dtype=torch.bool, device=src.device)
+        for j in js:
+            n, p = nodes[j], pos_list[j]
+            sel = (slice(None),) if fam not in HEAD_FAMILIES + UNIT_FAMILIES else ()
+            idx = n.head if fam in HEAD_FAMILIES else n.unit
+            if p is None:
+                if idx is None:
+                    mask[j] = True
+                else:
+                    mask[j, :, :, idx] = True
+            else:
+                b = torch.arange(B, device=src.device)
+                if idx is None:
+                    mask[j, b, p - start] = True
+                else:
+                    mask[j, b, p - start, idx] = True
+        hooks.append((name, _where_hook(mask, src, K, B)))
+    return hooks
+
+
+def _where_hook(mask: torch.Tensor, src: torch.Tensor, K: int, B: int):
+    extra = src.dim() - mask.dim() + 1  # trailing dims the mask broadcasts over
+
+    def fn(act: torch.Tensor):
+        a = act.view(K, B, *act.shape[1:])
+        m = mask.view(*mask.shape, *([1] * extra))
+        return torch.where(m, src.unsqueeze(0).to(a.dtype), a).view(act.shape)
+
+    return fn

@@ -1,0 +1,166 @@
+"""Tasks: clean/corrupted prompt pairs with answers and a metric.
+
+Prompts in one task may differ in length. They are right-padded: under causal attention a real
+token never attends to a later pad, and its position id is unchanged, so right padding needs no
+position-id correction (the bridge has had bugs deriving position ids under left padding). Each
+prompt keeps its own answer position, and positions can be named by role (IOI's S1, IO, S2,
+END) so results from different templates line up.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from circuitlab.tasks import metrics as M
+from circuitlab.tasks.tokenize import encode, pad_id, single_token
+
+
+@dataclass
+class Task:
+    """Clean and corrupted prompts (token ids, right-padded), answers and a metric."""
+
+    clean_tokens: torch.Tensor
+    """[prompts, pos] clean prompt ids, right-padded."""
+    corrupt_tokens: torch.Tensor
+    """[prompts, pos] corrupted prompt ids; each the same length as its clean prompt."""
+    lengths: torch.Tensor
+    """[prompts] real (unpadded) lengths."""
+    answer_ids: torch.Tensor
+    """[prompts] the correct next token."""
+    wrong_ids: torch.Tensor
+    """[prompts] the competing token (e.g. the subject name in IOI)."""
+    metric: M.Metric
+    """What patching and attribution measure."""
+    roles: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Named positions, {role: [prompts]}; END is always the answer position."""
+    prompts: list[dict] = field(default_factory=list)
+    """The source records (clean/corrupt text, answers, extras)."""
+    name: str = "task"
+
+    def __len__(self) -> int:
+        return self.clean_tokens.shape[0]
+
+    @property
+    def answer_pos(self) -> torch.Tensor:
+        return self.lengths - 1
+
+    def to(self, device) -> "Task":
+        for k in ("clean_tokens", "corrupt_tokens", "lengths", "answer_ids", "wrong_ids"):
+            setattr(self, k, getattr(self, k).to(device))
+        self.roles = {k: v.to(device) for k, v in self.roles.items()}
+        self.metric.to(device)
+        return self
+
+    def subset(self, idx) -> "Task":
+        """A task of the prompts ``idx`` (a slice or index list); the metric follows."""
+        idx = torch.arange(len(self))[idx] if isinstance(idx, slice) else torch.as_tensor(idx)
+        m = self.metric
+        sub_metric = M.Metric(m.name, m.positions[idx.to(m.positions.device)],
+                              _reindex(m.per_prompt, idx), m.finish, m.higher_is_better)
+        T = int(self.lengths[idx].max())
+        return Task(self.clean_tokens[idx, :T], self.corrupt_tokens[idx, :T], self.lengths[idx],
+                    self.answer_ids[idx], self.wrong_ids[idx], sub_metric,
+                    {k: v[idx] for k, v in self.roles.items()},
+                    [self.prompts[i] for i in idx.tolist()] if self.prompts else [], self.name)
+
+    def role_positions(self, role: str) -> torch.Tensor:
+        if role not in self.roles:
+            raise KeyError(f"task {self.name!r} has no role {role!r}; roles: {list(self.roles)}")
+        return self.roles[role]
+
+
+def _reindex(fn: Callable, idx: torch.Tensor) -> Callable:
+    def g(logits, rows):
+        return fn(logits, idx.to(rows.device)[rows])
+
+    return g
+
+
+def from_pairs(
+    model,
+    pairs: list[dict] | str | Path,
+    metric: str | Callable = "logit_diff",
+    name: str = "pairs",
+    normalize_baselines: bool = True,
+) -> Task:
+    """Build a task from records {"clean", "corrupt", "answer", "wrong"} (a list or a JSONL
+    path). Optional per-record "roles": {name: token position, BOS at 0}.
+
+    ``metric``: "logit_diff", "normalized_logit_diff", or a function
+    (task) -> :class:`~circuitlab.tasks.metrics.Metric`.
+    """
+    records = _read_records(pairs)
+    if not records:
+        raise ValueError("empty task: give at least one {clean, corrupt, answer, wrong} record")
+    tok = model.tokenizer
+    clean, corrupt, ans, wrong = [], [], [], []
+    for i, r in enumerate(records):
+        missing = [k for k in ("clean", "corrupt", "answer", "wrong") if k not in r]
+        if missing:
+            raise ValueError(f"record {i} lacks {missing}; each record needs clean, corrupt, answer, wrong")
+        c, k = encode(tok, r["clean"]), encode(tok, r["corrupt"])
+        if len(c) != len(k):
+            raise ValueError(
+                f"record {i}: clean prompt is {len(c)} tokens but corrupt is {len(k)}; "
+                "position-wise patching needs equal lengths (choose corruptions that keep "
+                f"the token count): {r['clean']!r} vs {r['corrupt']!r}"
+            )
+        clean.append(c), corrupt.append(k)
+        ans.append(single_token(tok, r["answer"]))
+        wrong.append(single_token(tok, r["wrong"]))
+    lengths = torch.tensor([len(c) for c in clean])
+    T, pid = int(lengths.max()), pad_id(tok)
+    ct = torch.full((len(records), T), pid, dtype=torch.long)
+    kt = ct.clone()
+    for i, (c, k) in enumerate(zip(clean, corrupt)):
+        ct[i, : len(c)] = torch.tensor(c)
+        kt[i, : len(k)] = torch.tensor(k)
+    roles: dict[str, torch.Tensor] = {}
+    role_names = set().union(*(r.get("roles", {}).keys() for r in records))
+    for role in sorted(role_names):
+        if not all(role in r.get("roles", {}) for r in records):
+            raise ValueError(f"role {role!r} is given for some records but not all")
+        roles[role] = torch.tensor([int(r["roles"][role]) for r in records])
+    roles["END"] = lengths - 1
+    ans_t, wrong_t = torch.tensor(ans), torch.tensor(wrong)
+    base = M.logit_diff(lengths - 1, ans_t, wrong_t)
+    task = Task(ct, kt, lengths, ans_t, wrong_t, base, roles, records, name)
+    task.to(model.device)
+    if callable(metric):
+        task.metric = metric(task)
+    elif metric == "normalized_logit_diff":
+        task.metric = normalize(model, task)
+    elif metric != "logit_diff":
+        raise ValueError(f"unknown metric {metric!r}; use 'logit_diff', 'normalized_logit_diff' or a function")
+    return task
+
+
+def normalize(model, task: Task) -> M.Metric:
+    """The task's metric normalised to 1 on clean and 0 on corrupted prompts."""
+    from circuitlab.engine.forward import metric_per_prompt
+
+    m = task.metric
+    clean = float(m.finish(metric_per_prompt(model, task.clean_tokens, m).mean()))
+    corrupt = float(m.finish(metric_per_prompt(model, task.corrupt_tokens, m).mean()))
+    return M.normalized(m, clean, corrupt)
+
+
+def _read_records(pairs) -> list[dict]:
+    if isinstance(pairs, (str, Path)):
+        path = Path(pairs)
+        if not path.exists():
+            raise FileNotFoundError(f"no such JSONL file: {path}")
+        out = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n} is not valid JSON: {e}") from e
+        return out
+    return list(pairs)

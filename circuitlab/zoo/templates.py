@@ -1,0 +1,135 @@
+"""Sentence templates of the synthetic corpus, split into training and held-out sets.
+
+Why a separate module: the templates are data, and the train/held-out split is the one
+thing that makes the zoo's accuracy numbers honest. Held-out templates are phrasings the
+models never see during training, written only with words that do occur in training text
+(``tests/test_zoo_corpus.py`` checks both properties).
+
+Every template is a space-separated sequence of single-token words; slots are written
+``{X}`` and are filled with one word each, so the word index equals the token index.
+"""
+
+from __future__ import annotations
+
+# --- Indirect object identification -------------------------------------------------
+# {A} and {B} are the two names in first-mention order, {S} is the second mention of the
+# subject, {P} a place and {O} an object. The prompt ends right before the indirect object.
+IOI_TRAIN: tuple[str, ...] = (
+    "When {A} and {B} went to the {P} , {S} gave a {O} to",
+    "Then , {A} and {B} had a long day at the {P} . {S} gave a {O} to",
+    "After {A} and {B} arrived at the {P} , {S} handed a {O} to",
+    "While {A} and {B} were working at the {P} , {S} brought a {O} to",
+    "{A} and {B} went to the {P} . {S} gave the {O} to",
+    "Later , {A} and {B} found a {O} at the {P} . {S} gave it to",
+    "Friends {A} and {B} walked to the {P} , and {S} passed a {O} to",
+    "When {A} and {B} got a {O} at the {P} , {S} decided to give it to",
+)
+IOI_HELDOUT: tuple[str, ...] = (
+    "Afterwards , {A} and {B} went to the {P} . {S} sent a {O} to",
+    "Once {A} and {B} reached the {P} , {S} offered a {O} to",
+    "{A} and {B} were at the {P} , so {S} threw a {O} to",
+)
+
+# --- Greater-than -------------------------------------------------------------------
+# {N} an event noun, {C} the century token ("17"), {Y} the start year token ("32").
+GT_FRAMES_TRAIN: tuple[str, ...] = (
+    "The {N} lasted from the year {C} {Y} to the year {C}",
+    "The {N} started in the year {C} {Y} and ended in the year {C}",
+    "The {N} began in {C} {Y} and it was over by {C}",
+)
+GT_FRAMES_HELDOUT: tuple[str, ...] = (
+    "The {N} went on from the year {C} {Y} until the year {C}",
+)
+GT_NOUNS_TRAIN: tuple[str, ...] = (
+    "war", "reign", "expedition", "journey", "trial", "strike", "project", "festival",
+    "famine", "rebellion", "treaty",
+)
+GT_NOUNS_HELDOUT: tuple[str, ...] = ("drought", "siege", "voyage")
+
+# --- Factual recall -----------------------------------------------------------------
+# {country}, {capital}, {language}, {continent}; the answer slot is always last.
+FACT_TRAIN: dict[str, tuple[str, ...]] = {
+    "capital": (
+        "The capital of {country} is {capital}",
+        "The capital city of {country} is {capital}",
+        "{country} has its capital in {capital}",
+        "In {country} , the capital is {capital}",
+        "We flew to {country} and visited its capital , {capital}",
+        "The main city of {country} is its capital {capital}",
+    ),
+    "language": (
+        "People in {country} speak {language}",
+        "In {country} , people speak {language}",
+        "The language of {country} is {language}",
+        "{country} is a country where people speak {language}",
+    ),
+    "continent": (
+        "{country} is in {continent}",
+        "{country} is a country in {continent}",
+        "{country} lies in {continent}",
+    ),
+    "multihop": (
+        "The capital of the country where people speak {language} is {capital}",
+        "In the country where people speak {language} , the capital is {capital}",
+    ),
+}
+FACT_HELDOUT: dict[str, tuple[str, ...]] = {
+    "capital": (
+        "The official capital of {country} is {capital}",
+        "Her friend lives in the capital of {country} , called {capital}",
+    ),
+    "language": (
+        "The official language of {country} is {language}",
+        "Many people in {country} speak {language}",
+    ),
+    "continent": (
+        "{country} is located in {continent}",
+        "The continent of {country} is {continent}",
+    ),
+    "multihop": (
+        "The official capital of the country where people speak {language} is {capital}",
+        "The capital of the country where {language} is spoken is {capital}",
+    ),
+}
+# Training-only statements that are not prompts (answer not last) but teach the facts
+# from the other direction and cover words used by held-out phrasings.
+FACT_EXTRA_TRAIN: tuple[str, ...] = (
+    "{language} is spoken in {country}",
+    "{capital} is the capital of {country}",
+    "{capital} is a city in {continent}",
+)
+
+# --- Filler grammar -----------------------------------------------------------------
+# Slots: {N} {N2} names, {P} place, {O} object, {GV} give verb, {MV} motion verb,
+# {OV} other verb, {ADJ} adjective, {EV} event noun, {PR} pronoun, {CAP} capital,
+# {CTRY} country.
+FILLER: tuple[str, ...] = (
+    "{N} {MV} to the {P}",
+    "{N} {OV} {N2} at the {P}",
+    "{N} {GV} a {O} to a friend",
+    "The {P} was {ADJ}",
+    "The {EV} was {ADJ}",
+    "The {EV} was {ADJ} and it lasted many years",
+    "Afterwards , {N} {MV} to the {P}",
+    "Once {N} reached the {P} , {PR} {OV} a {O}",
+    "{N} offered a {O} to everyone at the {P}",
+    "{N} threw the {O} , so {N2} laughed",
+    "{N} sent a {O} to the {P}",
+    "Her friend lives in {CAP}",
+    "His friend lives in {CTRY}",
+    "Many people live in {CAP}",
+    "The {P} is located in the city",
+    "The official {O} was {ADJ}",
+    "{N} and {N2} were friends",
+    "In the morning , {N} {OV} a {O}",
+    "At night , {N} {MV} home",
+    "The {P} was {ADJ} , so {N} {MV} to the {P2}",
+    "{N} had a {ADJ} day at the {P}",
+    "{N} found the {O} at the {P} and kept it",
+    "{N} called {N2} in the evening",
+    "There was a {O} in the {P}",
+    "The name of the {O} was known to everyone",
+    "The seat of government is in the capital",
+    "{N} went on to the {P} until the evening",
+    "{N} visited {CAP} , the main city of {CTRY}",
+)
