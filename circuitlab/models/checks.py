@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from circuitlab.engine.cache import capture
+from circuitlab.models import weights
 
 
 def _sample_tokens(model, n: int = 6) -> torch.Tensor:
@@ -29,7 +30,7 @@ def check_decomposition(model, atol: float = 1e-3) -> None:
         if not model.parallel_attn_mlp:
             names.append(f"blocks.{l}.hook_resid_mid")
     c = capture(model, toks, names)
-    W_O, b_O = model.bridge.W_O.detach(), model.bridge.b_O.detach()
+    W_O, b_O = weights.W_O(model), weights.b_O(model)
     scale = max(1.0, float(c[f"blocks.0.hook_resid_pre"].abs().max()))
     tol = atol * scale
 
@@ -53,7 +54,12 @@ def check_decomposition(model, atol: float = 1e-3) -> None:
             close(mid + mlp, post, f"blocks.{l}: hook_resid_mid + hook_mlp_out != hook_resid_post")
         z = c[f"blocks.{l}.attn.hook_z"]
         heads = torch.einsum("bphd,hdm->bpm", z, W_O[l].to(z.dtype)) + b_O[l].to(z.dtype)
-        close(heads, attn, f"blocks.{l}.attn.hook_z: sum of per-head z W_O + b_O != hook_attn_out")
+        what = "sum of per-head z W_O + b_O"
+        if model.post_attn_norm:  # Gemma-2's sandwich norm: attn_out = ln1_post(sum of heads)
+            with torch.no_grad():
+                heads = model.bridge.blocks[l].ln1_post(heads)
+            what = f"ln1_post({what})"
+        close(heads, attn, f"blocks.{l}.attn.hook_z: {what} != hook_attn_out")
 
 
 def check_fast_paths(model, atol: float = 1e-4) -> None:

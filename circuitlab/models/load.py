@@ -129,6 +129,7 @@ def _describe(bridge, name: str) -> Model:
         d_vocab=int(cfg.d_vocab),
         norm=norm,
         parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
+        post_attn_norm=hasattr(bridge.blocks[0], "ln1_post"),
         layers=getattr(owner, attr) if owner is not None else None,
         layers_owner=owner,
         layers_attr=attr,

@@ -34,6 +34,9 @@ class Model:
     """'LN' (LayerNorm) or 'RMS' (RMSNorm)."""
     parallel_attn_mlp: bool = False
     """True where attention and MLP read the same residual (GPT-NeoX, GPT-J)."""
+    post_attn_norm: bool = False
+    """True where a norm is applied to the attention output before it joins the residual
+    stream (Gemma-2's ``ln1_post``): per-head contributions then pass through that norm."""
     layers: Optional[nn.ModuleList] = field(default=None, repr=False)
     """The Hugging Face ModuleList of blocks (used to restart a forward pass at a layer)."""
     layers_owner: Any = field(default=None, repr=False)
