@@ -84,7 +84,7 @@ FACT_HELDOUT: dict[str, tuple[str, ...]] = {
     ),
     "continent": (
         "{country} is located in {continent}",
-        "The continent of {country} is {continent}",
+        "{country} is a country located in {continent}",
     ),
     "multihop": (
         "The official capital of the country where people speak {language} is {capital}",
