@@ -51,7 +51,7 @@ def validate_nodes(model, nodes: Sequence[Node], n_pos: int) -> None:
         if not 0 <= n.layer < model.n_layers:
             raise ValueError(f"node {n}: layer {n.layer} out of range (model has {model.n_layers} layers: 0..{model.n_layers - 1})")
         if n.family in HEAD_FAMILIES:
-            limit = model.n_kv_heads if n.family in ("k", "v") and _kv_hooks_grouped(model) else model.n_heads
+            limit = model.heads_in(n.family)
             if not 0 <= n.head < limit:
                 raise ValueError(f"node {n}: head {n.head} out of range (0..{limit - 1})")
         if n.family == "neurons" and not 0 <= n.unit < model.d_mlp:
@@ -60,10 +60,6 @@ def validate_nodes(model, nodes: Sequence[Node], n_pos: int) -> None:
             raise ValueError(f"node {n}: position {n.pos} out of range (prompts have {n_pos} positions)")
         if n.family == "pattern":
             raise ValueError("patching attention patterns is not supported yet; patch q, k or heads instead")
-
-
-def _kv_hooks_grouped(model) -> bool:
-    return getattr(model, "_kv_grouped", False)
 
 
 def chunk_size_for(model, n_prompts: int, n_pos: int, k_logits: int,

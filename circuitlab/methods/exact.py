@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 
 from circuitlab.engine.cache import capture
-from circuitlab.engine.patching import patch_nodes
+from circuitlab.engine.patching import patch_nodes, validate_nodes
 from circuitlab.methods.grid import site_grid
 from circuitlab.result import Cost, Result
 
@@ -43,6 +43,7 @@ def exact(
     t0 = time.perf_counter()
     base, src_tokens = base_and_source(task, direction)
     grid = site_grid(model, base.shape[1], sites, positions, layers)
+    validate_nodes(model, grid.nodes, base.shape[1])
     hooks = sorted({n.hook for n in grid.nodes})
     source = capture(model, src_tokens, hooks)
     run = patch_nodes(model, base, source, grid.nodes, task.metric, task.roles,

@@ -39,7 +39,7 @@ def site_grid(model, n_pos: int, sites: str, positions: Optional[Sequence[int | 
         nodes = [Node(l, fam, pos=p) for l in layers for p in pos]
         return Grid(nodes, ("layer", "pos"), (len(layers), len(pos)), fam)
     if fam in HEAD_FAMILIES:
-        n_h = model.n_kv_heads if fam in ("k", "v") and getattr(model, "_kv_grouped", False) else model.n_heads
+        n_h = model.heads_in(fam)
         if all_pos:
             nodes = [Node(l, fam, head=h) for l in layers for h in range(n_h)]
             return Grid(nodes, ("layer", "head"), (len(layers), n_h), fam)

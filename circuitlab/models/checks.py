@@ -27,9 +27,11 @@ def check_decomposition(model, atol: float = 1e-3) -> None:
     for l in range(model.n_layers):
         names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_attn_out",
                   f"blocks.{l}.hook_mlp_out", f"blocks.{l}.hook_resid_post", f"blocks.{l}.attn.hook_z"]
+        names.append(f"blocks.{l}.attn.hook_k")
         if not model.parallel_attn_mlp:
             names.append(f"blocks.{l}.hook_resid_mid")
     c = capture(model, toks, names)
+    model.kv_hook_heads = int(c["blocks.0.attn.hook_k"].shape[2])
     W_O, b_O = weights.W_O(model), weights.b_O(model)
     scale = max(1.0, float(c[f"blocks.0.hook_resid_pre"].abs().max()))
     tol = atol * scale

@@ -37,6 +37,8 @@ class Model:
     post_attn_norm: bool = False
     """True where a norm is applied to the attention output before it joins the residual
     stream (Gemma-2's ``ln1_post``): per-head contributions then pass through that norm."""
+    kv_hook_heads: int = 0
+    """Heads in hook_k / hook_v: n_kv_heads where the bridge keeps grouped keys (GQA)."""
     layers: Optional[nn.ModuleList] = field(default=None, repr=False)
     """The Hugging Face ModuleList of blocks (used to restart a forward pass at a layer)."""
     layers_owner: Any = field(default=None, repr=False)
@@ -53,6 +55,12 @@ class Model:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.bridge.parameters()).dtype
+
+    def heads_in(self, family: str) -> int:
+        """How many heads a head-family hook carries (k and v may be grouped under GQA)."""
+        if family in ("k", "v") and self.kv_hook_heads:
+            return self.kv_hook_heads
+        return self.n_heads
 
     @property
     def gqa(self) -> bool:

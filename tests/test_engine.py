@@ -1,0 +1,122 @@
+import pytest
+import torch
+
+import circuitlab as cl
+from circuitlab.engine.cache import capture
+from circuitlab.engine.forward import Restart, kv_tensors, new_kv_cache, run_to_final
+from circuitlab.engine.hooks import count_hooks, scoped_hooks
+from circuitlab.engine.patching import chunk_size_for, patch_nodes
+from circuitlab.engine.sites import Node
+
+TOKS = torch.tensor([[0, 3, 4, 5, 6, 7, 8, 9], [0, 9, 8, 7, 6, 5, 4, 3]])
+
+
+def test_hooks_removed_when_call_raises(gpt2):
+    before = count_hooks(gpt2.bridge)
+
+    def boom(x):
+        raise RuntimeError("inside a hook")
+
+    with pytest.raises(RuntimeError, match="inside a hook"):
+        with scoped_hooks(gpt2.bridge, [("blocks.1.hook_resid_pre", boom)]):
+            gpt2.bridge(TOKS)
+    assert count_hooks(gpt2.bridge) == before
+    with pytest.raises(ValueError):
+        with scoped_hooks(gpt2.bridge, [("blocks.0.hook_resid_pre", lambda x: None)]):
+            raise ValueError("outside the model")
+    assert count_hooks(gpt2.bridge) == before
+
+
+def test_unknown_hook_name(gpt2):
+    with pytest.raises(KeyError, match="unknown hook name"):
+        with scoped_hooks(gpt2.bridge, [("blocks.0.hook_nonsense", lambda x: None)]):
+            pass
+
+
+def test_cache_selective_no_alias_duplicates(gpt2):
+    c = capture(gpt2, TOKS, ["blocks.1.hook_resid_pre", "blocks.1.hook_in", "blocks.0.attn.hook_z"],
+                positions=[2, 5], dtype=torch.float64)
+    assert set(c) == {"blocks.1.hook_resid_pre", "blocks.1.hook_in", "blocks.0.attn.hook_z"}
+    assert c["blocks.1.hook_resid_pre"] is c["blocks.1.hook_in"]  # one tensor, two names
+    assert c["blocks.1.hook_resid_pre"].shape == (2, 2, 64)
+    assert c["blocks.1.hook_resid_pre"].dtype == torch.float64
+    full = capture(gpt2, TOKS, ["blocks.1.hook_resid_pre"])["blocks.1.hook_resid_pre"]
+    assert torch.allclose(full[:, [2, 5]].double(), c["blocks.1.hook_resid_pre"])
+    # equal to the bridge's own cache
+    _, ref = gpt2.bridge.run_with_cache(TOKS)
+    assert torch.allclose(full, ref["blocks.1.hook_resid_pre"])
+
+
+def test_cache_stops_after_last_needed_layer(gpt2):
+    calls = []
+    handles = [b.register_forward_hook(lambda *a, i=i: calls.append(i)) for i, b in enumerate(gpt2.layers)]
+    try:
+        capture(gpt2, TOKS, ["blocks.0.hook_resid_post"])
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == []  # hook_resid_post fires inside block 0, before it returns; later blocks never run
+
+
+def _count_block_calls(model, fn):
+    calls = []
+    handles = [b.register_forward_pre_hook(lambda *a, i=i: calls.append(i)) for i, b in enumerate(model.layers)]
+    try:
+        out = fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return calls, out
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_restart_skips_earlier_layers_and_positions(tiny_model, arch):
+    m = tiny_model(arch)
+    with torch.no_grad():
+        kv = new_kv_cache(m)
+        full = run_to_final(m, TOKS, kv_cache=kv)
+        resid = capture(m, TOKS, ["blocks.2.hook_resid_pre"])["blocks.2.hook_resid_pre"]
+        calls, out = _count_block_calls(m, lambda: run_to_final(m, TOKS, restart=Restart(2, resid)))
+        assert calls == [2]
+        assert torch.allclose(out, full, atol=1e-5)
+        past = [(k[:, :, :5], v[:, :, :5]) for k, v in kv_tensors(kv)]
+        r1 = resid_at(m, 1)[:, 5:]
+        calls, out = _count_block_calls(m, lambda: run_to_final(m, TOKS, restart=Restart(1, r1, 5, past)))
+        assert calls == [1, 2] and out.shape[1] == 3
+        assert torch.allclose(out, full[:, 5:], atol=1e-5)
+
+
+def resid_at(m, layer):
+    return capture(m, TOKS, [f"blocks.{layer}.hook_resid_pre"])[f"blocks.{layer}.hook_resid_pre"]
+
+
+def test_patch_sweep_restarts_at_patched_layer(gpt2, ioi_pairs):
+    task = cl.tasks.from_pairs(gpt2, ioi_pairs)
+    nodes = [Node(2, "resid_pre", pos=p) for p in range(task.clean_tokens.shape[1])]
+    source = capture(gpt2, task.clean_tokens, ["blocks.2.hook_resid_pre"])
+    calls, run = _count_block_calls(gpt2, lambda: patch_nodes(gpt2, task.corrupt_tokens, source, nodes, task.metric,
+                                                               max_patches_per_pass=4))
+    # one base run over all 3 blocks, then every patched pass runs block 2 only
+    assert calls[:3] == [0, 1, 2] and set(calls[3:]) == {2}
+    assert len(calls[3:]) == run.forward_passes
+
+
+def test_memory_cap_changes_chunk_not_values(gpt2, ioi_pairs):
+    task = cl.tasks.from_pairs(gpt2, ioi_pairs)
+    small = chunk_size_for(gpt2, 3, 15, 1, 10_000, memory_bytes=1)
+    big = chunk_size_for(gpt2, 3, 15, 1, 10_000, memory_bytes=1 << 30)
+    assert small == 1 and big > 16
+    a = cl.patch(gpt2, task, "heads", memory_bytes=1, max_patches_per_pass=10_000, progress=False)
+    b = cl.patch(gpt2, task, "heads", memory_bytes=1 << 30, max_patches_per_pass=10_000, progress=False)
+    assert a.meta["chunk_size"] == 1 and b.meta["chunk_size"] > 16
+    assert a.cost.forward_passes > b.cost.forward_passes
+    assert torch.allclose(a.values, b.values, atol=1e-5)
+
+
+def test_no_hooks_left_after_sweeps_and_errors(gpt2, ioi_pairs):
+    before = count_hooks(gpt2.bridge)
+    task = cl.tasks.from_pairs(gpt2, ioi_pairs)
+    cl.patch(gpt2, task, "attn_out", progress=False)
+    with pytest.raises(ValueError):
+        cl.patch(gpt2, task, "heads", positions=[99], progress=False)
+    assert count_hooks(gpt2.bridge) == before
