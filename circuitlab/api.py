@@ -17,3 +17,10 @@ def patch(model, task, sites: str = "resid_pre", method: str = "exact", directio
 
         return exact(model, task, sites, direction, positions, **kwargs)
     raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+
+
+def compare(estimate: Result, reference: Result, k: int = 10) -> dict:
+    """Agreement of an estimate with a reference (usually exact patching) over the same nodes."""
+    from circuitlab.compare import compare as _compare
+
+    return _compare(estimate, reference, k)

@@ -1,6 +1,7 @@
 """Tasks: clean/corrupt datasets with answers and metrics."""
 
-from circuitlab.tasks.task import Task, from_pairs
 from circuitlab.tasks import metrics
+from circuitlab.tasks.bundled import bundled, capitals, greater_than, induction, ioi
+from circuitlab.tasks.task import Task, from_pairs
 
-__all__ = ["Task", "from_pairs", "metrics"]
+__all__ = ["Task", "from_pairs", "metrics", "ioi", "capitals", "greater_than", "induction", "bundled"]

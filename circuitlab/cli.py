@@ -1,0 +1,160 @@
+"""The ``circuitlab`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _load_model(name: str | None):
+    import circuitlab as cl
+    from circuitlab.zoo import list_models
+
+    if name is None:
+        zoo = list_models()
+        if not zoo:
+            raise SystemExit("no bundled zoo model is installed; pass --model PATH_OR_HUB_ID")
+        name = "gpt2-zoo" if "gpt2-zoo" in zoo else zoo[0]
+    return cl.load(name)
+
+
+def _task(model, spec: str, n: int, seed: int):
+    import circuitlab as cl
+
+    if Path(spec).suffix == ".jsonl" or Path(spec).exists():
+        return cl.tasks.from_pairs(model, spec, name=Path(spec).stem)
+    return cl.tasks.bundled(model, spec, n=n, seed=seed)
+
+
+def cmd_sweep(a) -> None:
+    import circuitlab as cl
+    from circuitlab.viz.report import Report
+
+    model = _load_model(a.model)
+    task = _task(model, a.task, a.n, a.seed)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [["sites", "method", "direction", "forward passes", "backward passes", "seconds", "top node", "top value"]]
+    report = Report(f"circuitlab sweep: {model.name} · {task.name}")
+    results = {}
+    for sites in a.sites.split(","):
+        for method in a.method.split(","):
+            r = cl.patch(model, task, sites.strip(), method=method.strip(), direction=a.direction)
+            stem = f"{sites}_{method.replace('*', 'star')}_{a.direction}"
+            r.save(out / stem)
+            r.to_frame().to_csv(out / f"{stem}.csv", index=False)
+            label, value = r.top(1)[0]
+            rows.append([sites, method, a.direction, r.cost.forward_passes, r.cost.backward_passes,
+                         round(r.cost.seconds, 3), label, value])
+            report.add(f"{method} on {sites}", f"{r.metric} effect of each node ({a.direction}).", r.plot())
+            results[(sites, method)] = r
+    if len(a.method.split(",")) > 1:
+        from circuitlab.api import compare
+
+        crow = [["sites", "method", "vs", "pearson", "spearman", "top-10 recall"]]
+        for sites in a.sites.split(","):
+            ms = a.method.split(",")
+            ref = results[(sites, "exact")] if "exact" in ms else results[(sites, ms[0])]
+            for m in ms:
+                if results[(sites, m)] is ref:
+                    continue
+                c = compare(results[(sites, m)], ref)
+                crow.append([sites, m, ref.method, c["pearson"], c["spearman"], c["recall@10"]])
+        report.add("Agreement", "Correlation of each estimate with the reference.", crow)
+        _write_table(out / "comparison.csv", crow)
+    report.add("Runs", "Cost of each sweep.", rows)
+    _write_table(out / "summary.csv", rows)
+    report.save(out / "report.html")
+    for r in rows:
+        print("  ".join(str(c) if not isinstance(c, float) else f"{c:.4g}" for c in r))
+    print(f"wrote {out}/")
+
+
+def _write_table(path: Path, rows) -> None:
+    import csv
+
+    from circuitlab.result import atomic_write
+
+    def w(p):
+        with open(p, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+
+    atomic_write(path, w)
+
+
+def cmd_demo(a) -> None:
+    from circuitlab.demo import run_demo
+
+    path = run_demo(model=a.model, task=a.task, out=a.out, n=a.n)
+    print(f"report: {path}")
+
+
+def cmd_zoo(a) -> None:
+    from circuitlab.zoo import list_models
+
+    if a.zoo_cmd == "list":
+        for name in list_models():
+            print(name)
+    elif a.zoo_cmd == "train":
+        from circuitlab.zoo.train import train_zoo_model
+
+        train_zoo_model(a.name, out_dir=a.out, resume=not a.restart, max_minutes=a.max_minutes)
+
+
+EXAMPLES = {
+    "demo": "examples:\n  circuitlab demo\n  circuitlab demo --task capitals --out my_report",
+    "sweep": "examples:\n  circuitlab sweep --task ioi --sites heads,mlp_out --method exact --out runs/ioi\n"
+             "  circuitlab sweep --model gpt2-zoo --task pairs.jsonl --sites resid_pre --method exact,atp* --out runs/x",
+    "zoo": "examples:\n  circuitlab zoo list\n  circuitlab zoo train gpt2-zoo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="circuitlab", description="Mechanistic-interpretability workbench.",
+                                epilog="run `circuitlab COMMAND --help` for examples", formatter_class=fmt)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("demo", help="full analysis of a bundled model -> HTML report", epilog=EXAMPLES["demo"], formatter_class=fmt)
+    d.add_argument("--model", default=None, help="zoo name, HF folder or hub id (default: the bundled GPT-2)")
+    d.add_argument("--task", default="ioi", help="bundled task (ioi, capitals, greater_than, induction) or JSONL")
+    d.add_argument("--out", default="circuitlab_demo", help="output folder")
+    d.add_argument("--n", type=int, default=32, help="prompts per task")
+    d.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("sweep", help="node attribution sweeps -> safetensors/JSON/CSV + HTML", epilog=EXAMPLES["sweep"], formatter_class=fmt)
+    s.add_argument("--model", default=None)
+    s.add_argument("--task", required=True, help="bundled task name or JSONL of {clean, corrupt, answer, wrong}")
+    s.add_argument("--sites", default="resid_pre", help="comma-separated: resid_pre, attn_out, mlp_out, heads, heads_all, q, k, v, ...")
+    s.add_argument("--method", default="exact", help="comma-separated methods; several give a comparison table")
+    s.add_argument("--direction", default="denoising", choices=["denoising", "noising"])
+    s.add_argument("--n", type=int, default=32, help="prompts (bundled tasks)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="output folder")
+    s.set_defaults(fn=cmd_sweep)
+
+    z = sub.add_parser("zoo", help="bundled models: list, train", epilog=EXAMPLES["zoo"], formatter_class=fmt)
+    zs = z.add_subparsers(dest="zoo_cmd", required=True)
+    zs.add_parser("list", help="list bundled models")
+    zt = zs.add_parser("train", help="reproduce a bundled model from its config (resumable)")
+    zt.add_argument("name")
+    zt.add_argument("--out", default=None, help="output folder (default: the package's zoo folder)")
+    zt.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    zt.add_argument("--max-minutes", type=float, default=None)
+    z.set_defaults(fn=cmd_zoo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        print(f"circuitlab {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
