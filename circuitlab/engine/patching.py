@@ -93,22 +93,24 @@ def patch_nodes(
     model,
     base_tokens: torch.Tensor,
     source: dict[str, torch.Tensor],
-    nodes: Sequence[Node],
+    nodes: Sequence[Node | Sequence[Node]],
     metric,
     roles: Optional[dict[str, torch.Tensor]] = None,
     max_patches_per_pass: Optional[int] = None,
     memory_bytes: Optional[int] = None,
     progress: bool = False,
 ) -> PatchRun:
-    """Patch each node (one at a time, all prompts) with its ``source`` activation
-    ({hook name: [prompts, pos, ...]}) into the base run; return per-prompt metric values."""
+    """Apply each patch (a node, or a set of nodes patched together) to all prompts, taking
+    values from ``source`` ({hook name: [prompts, pos, ...]}); return per-prompt metric values."""
     roles = roles or {}
     B, T = base_tokens.shape
     dev = base_tokens.device
-    validate_nodes(model, nodes, T)
+    patches = [list(p) if isinstance(p, (list, tuple)) else [p] for p in nodes]
+    flat = [n for p in patches for n in p]
+    validate_nodes(model, flat, T)
     rows_b = torch.arange(B, device=dev)
     positions = metric.positions.to(dev)
-    layers_needed = sorted({n.layer for n in nodes})
+    layers_needed = sorted({n.layer for n in flat})
     # Base run: residual entering every needed layer, keys/values, final residual.
     resid_pre: dict[int, torch.Tensor] = {}
 
@@ -125,20 +127,22 @@ def patch_nodes(
         base_kv = kv_tensors(kv) if kv is not None else None
         baseline = metric.per_prompt(final_logits(model, gather_positions(base_final, positions, rows_b)), rows_b)
 
-    pos_of = [node_positions(n, roles, B, dev) for n in nodes]
-    start_of = [0 if p is None else int(p.min()) for p in pos_of]
-    order = sorted(range(len(nodes)), key=lambda i: (nodes[i].layer, start_of[i], i))
+    pos_of = [[node_positions(n, roles, B, dev) for n in p] for p in patches]
+    start_of = [min(0 if q is None else int(q.min()) for q in ps) if ps else T for ps in pos_of]
+    layer_of = [min((n.layer for n in p), default=model.n_layers - 1) for p in patches]
+    order = sorted(range(len(patches)), key=lambda i: (layer_of[i], start_of[i], i))
     K = chunk_size_for(model, B, T, positions.shape[1], max_patches_per_pass, memory_bytes)
-    out = torch.empty(len(nodes), B, device=dev, dtype=torch.float32)
+    out = torch.empty(len(patches), B, device=dev, dtype=torch.float32)
     passes = 0
     chunks = [order[i : i + K] for i in range(0, len(order), K)]
     for chunk in tqdm(chunks, desc="patching", disable=not progress, leave=False):
         k = len(chunk)
-        layer0 = min(nodes[i].layer for i in chunk) if model.fast_restart else 0
+        layer0 = min(layer_of[i] for i in chunk) if model.fast_restart else 0
         start = min(start_of[i] for i in chunk) if model.fast_positions else 0
         if not model.fast_restart:
             start = 0
-        hooks = _patch_hooks(model, [nodes[i] for i in chunk], [pos_of[i] for i in chunk], source, B, T, start)
+        start = min(start, T - 1)
+        hooks = _patch_hooks([patches[i] for i in chunk], [pos_of[i] for i in chunk], source, B, T, start)
         tokens = base_tokens.repeat(k, 1)
         restart = None
         if layer0 > 0 or start > 0:
@@ -157,26 +161,21 @@ def patch_nodes(
     return PatchRun(out, baseline.float(), passes, K)
 
 
-def _patch_hooks(model, nodes, pos_list, source, B, T, start):
+def _patch_hooks(patches, pos_list, source, B, T, start):
     """One hook per hook name: rows of patch j take the source value where patch j's mask is set."""
-    by_hook: dict[str, list[int]] = {}
-    for j, n in enumerate(nodes):
-        by_hook.setdefault(n.hook, []).append(j)
-    K = len(nodes)
+    by_hook: dict[str, list[tuple[int, Node, Optional[torch.Tensor]]]] = {}
+    for j, (ps, qs) in enumerate(zip(patches, pos_list)):
+        for n, q in zip(ps, qs):
+            by_hook.setdefault(n.hook, []).append((j, n, q))
+    K = len(patches)
     hooks = []
-    for name, js in by_hook.items():
+    for name, entries in by_hook.items():
         src = source[name][:, start:]
         Tn = T - start
-        fam = nodes[js[0]].family
-        if fam in HEAD_FAMILIES:
-            mask = torch.zeros(K, B, Tn, src.shape[2], dtype=torch.bool, device=src.device)
-        elif fam in UNIT_FAMILIES:
-            mask = torch.zeros(K, B, Tn, src.shape[2], dtype=torch.bool, device=src.device)
-        else:
-            mask = torch.zeros(K, B, Tn, dtype=torch.bool, device=src.device)
-        for j in js:
-            n, p = nodes[j], pos_list[j]
-            sel = (slice(None),) if fam not in HEAD_FAMILIES + UNIT_FAMILIES else ()
+        fam = entries[0][1].family
+        indexed = fam in HEAD_FAMILIES + UNIT_FAMILIES  # a head or unit axis after position
+        mask = torch.zeros(K, B, Tn, *([src.shape[2]] if indexed else []), dtype=torch.bool, device=src.device)
+        for j, n, p in entries:
             idx = n.head if fam in HEAD_FAMILIES else n.unit
             if p is None:
                 if idx is None:
