@@ -1,4 +1,4 @@
-"""The top-level verbs: ``patch`` (any method), later ``compare`` and ``dla``."""
+"""The top-level verbs: ``patch`` (any method), ``dla``, ``logit_lens``, ``compare``."""
 
 from __future__ import annotations
 
@@ -6,17 +6,36 @@ from typing import Optional, Sequence
 
 from circuitlab.result import Result
 
-METHODS = ("exact",)
+METHODS = ("exact", "atp", "atp*", "relp", "ig")
 
 
 def patch(model, task, sites: str = "resid_pre", method: str = "exact", direction: str = "denoising",
           positions: Optional[Sequence[int | str]] = None, **kwargs) -> Result:
-    """Node effects of ``sites`` on ``task.metric`` by ``method`` (see circuitlab.methods)."""
-    if method == "exact":
-        from circuitlab.methods.exact import exact
+    """Node effects of ``sites`` on ``task.metric`` by ``method``.
 
-        return exact(model, task, sites, direction, positions, **kwargs)
-    raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    exact: batched activation patching (ground truth); atp: attribution patching; atp*: AtP
+    with the QK fix and GradDrop ranking; relp: AtP with LRP rules; ig: integrated gradients
+    (``variant='inputs'|'activations'``, ``steps=m``). See circuitlab.methods.grid for sites.
+    """
+    from circuitlab.methods import atp, atp_star, exact, ig, relp
+
+    fns = {"exact": exact.exact, "atp": atp.atp, "atp*": atp_star.atp_star, "relp": relp.relp, "ig": ig.ig}
+    if method not in fns:
+        raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    return fns[method](model, task, sites, direction, positions, **kwargs)
+
+
+def dla(model, task, by: str = "head", tokens: str = "clean") -> Result:
+    """Direct logit attribution by 'layer', 'head', 'neuron' or 'source' (see methods.dla)."""
+    from circuitlab.methods.dla import dla as _dla
+
+    return _dla(model, task, by, tokens)
+
+
+def logit_lens(model, task, tokens: str = "clean") -> Result:
+    from circuitlab.methods.logit_lens import logit_lens as _ll
+
+    return _ll(model, task, tokens)
 
 
 def compare(estimate: Result, reference: Result, k: int = 10) -> dict:

@@ -22,6 +22,13 @@ def write_tokenizer(folder: Path) -> None:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<bos>",
                                    pad_token="<bos>", unk_token="<unk>")
     fast.save_pretrained(folder)
+    # keep the word-level tokenizer whatever the architecture's default tokenizer class is
+    import json
+
+    cfg_path = Path(folder) / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=1))
 
 
 VOCAB = 2 + len(WORDS) + 100

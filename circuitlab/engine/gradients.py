@@ -68,8 +68,12 @@ def forward_for_grads(
     names: Sequence[str],
     extra_hooks: Iterable = (),
     embed_hook: Optional[Callable] = None,
+    copies: int = 1,
 ) -> GradRun:
-    """Run ``tokens`` with a differentiable handle on each hook in ``names``."""
+    """Run ``tokens`` with a differentiable handle on each hook in ``names``.
+
+    With ``copies`` > 1 the batch holds that many copies of the prompts (e.g. integrated-
+    gradient steps); the differentiated value is the sum of each copy's reported metric."""
     acts: dict[str, torch.Tensor] = {}
 
     def make(name):
@@ -83,12 +87,13 @@ def forward_for_grads(
     hooks = list(extra_hooks) + [(n, make(n)) for n in dict.fromkeys(names)]
     if embed_hook is not None:
         hooks = [("hook_embed", embed_hook)] + hooks
-    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    B = tokens.shape[0]
+    rows = torch.arange(B, device=tokens.device).repeat(copies)
     with torch.enable_grad():
-        resid = run_to_final(model, tokens, hooks)
+        resid = run_to_final(model, tokens.repeat(copies, 1), hooks)
         logits = final_logits(model, gather_positions(resid, metric.positions, rows))
         per_prompt = metric.per_prompt(logits, rows)
-        value = metric.finish(per_prompt.mean())
+        value = metric.finish(per_prompt.view(copies, B).mean(1)).sum()
     missing = [n for n in names if n not in acts]
     if missing:
         raise RuntimeError(f"hooks never fired: {missing}")

@@ -38,6 +38,7 @@ def exact(
     max_patches_per_pass: Optional[int] = None,
     memory_bytes: Optional[int] = None,
     progress: bool = True,
+    **_,
 ) -> Result:
     """Patch every node of ``sites`` one at a time; see circuitlab.methods.grid for site specs."""
     t0 = time.perf_counter()

@@ -34,9 +34,10 @@ def load(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     path = _resolve(name)
     _check_weights_file(path)
+    own_tok = _own_tokenizer(path)
     try:
         bridge = TransformerBridge.boot_transformers(
-            str(path), device=device, dtype=dtype, device_map=device_map
+            str(path), device=device, dtype=dtype, device_map=device_map, tokenizer=own_tok
         )
     except OSError as e:
         raise OSError(
@@ -45,11 +46,33 @@ def load(
             "hub id with network access (or HF_HUB_OFFLINE=1 and a filled cache)."
         ) from e
     bridge.eval()
+    if own_tok is not None:
+        bridge.tokenizer = own_tok
     model = _describe(bridge, str(name))
+    if own_tok is not None:
+        model.tokenizer = own_tok
     if check:
         check_decomposition(model)
         check_fast_paths(model)
     return model
+
+
+def _own_tokenizer(path):
+    """A folder's own tokenizer.json when its config asks for the generic fast tokenizer.
+
+    transformers 5 picks the tokenizer class from the model type (Qwen2Tokenizer for a Qwen2
+    config), which rebuilds a BPE pipeline and ignores a word-level tokenizer.json."""
+    import json
+
+    if not isinstance(path, Path) or not (path / "tokenizer.json").exists():
+        return None
+    cfg_file = path / "tokenizer_config.json"
+    cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+    if cfg.get("tokenizer_class") not in ("PreTrainedTokenizerFast", "TokenizersBackend"):
+        return None
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
 def _zoo_names() -> list[str]:

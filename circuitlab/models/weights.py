@@ -8,7 +8,7 @@ import torch
 def _get(model, name: str):
     try:
         value = getattr(model.bridge, name)
-    except AttributeError:
+    except (AttributeError, ValueError, RuntimeError):
         return None
     return value.detach() if value is not None else None
 
@@ -36,3 +36,25 @@ def b_U(model) -> torch.Tensor:
     if b is None:
         return torch.zeros(model.d_vocab, device=model.device, dtype=model.dtype)
     return b
+
+
+def W_out(model) -> torch.Tensor:
+    """[layer, d_mlp, d_model]: MLP output weights (neuron i writes row i)."""
+    return _get(model, "W_out")
+
+
+def b_out(model) -> torch.Tensor:
+    b = _get(model, "b_out")
+    if b is None:
+        return torch.zeros(model.n_layers, model.d_model, device=model.device, dtype=model.dtype)
+    return b
+
+
+def final_norm(model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(gain, bias) of the final norm; bias is None for RMSNorm. Gemma-style offsets applied."""
+    ln = model.bridge.ln_final
+    w = ln.weight.detach()
+    if getattr(ln, "uses_weight_offset", False):
+        w = 1.0 + w
+    bias = getattr(ln.original_component, "bias", None)
+    return w, (bias.detach() if bias is not None and model.norm == "LN" else None)

@@ -35,6 +35,8 @@ class ZooConfig:
     """MLP hidden width."""
     n_ctx: int = 128
     """Context length; training rows are packed to exactly this many tokens."""
+    init_std: float = 0.02
+    """Std of the normal weight init (HF ``initializer_range``)."""
     seed: int = 0
     """Seeds weights init and the data stream (batch ``k`` is a pure function of it)."""
     batch_size: int = 32
@@ -62,7 +64,7 @@ class ZooConfig:
 
     def hf_config(self, vocab_size: int) -> PretrainedConfig:
         """The transformers config of this model."""
-        common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        common = dict(vocab_size=vocab_size, initializer_range=self.init_std, bos_token_id=0, eos_token_id=0, pad_token_id=0,
                       tie_word_embeddings=True)
         if self.arch == "gpt2":
             return GPT2Config(n_positions=self.n_ctx, n_embd=self.d_model,

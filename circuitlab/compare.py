@@ -1,0 +1,62 @@
+"""Agreement of an estimate with a reference (usually exact patching) over the same nodes."""
+
+from __future__ import annotations
+
+import torch
+
+from circuitlab.result import Result
+
+
+def _rank(x: torch.Tensor) -> torch.Tensor:
+    r = torch.empty_like(x)
+    r[x.argsort()] = torch.arange(len(x), dtype=x.dtype)
+    return r
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    if len(a) < 2 or a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+
+def cost_to_recall(order: torch.Tensor, truth: torch.Tensor, k: int) -> tuple[int, list[float]]:
+    """Verifying nodes in ``order``, how many verifications recover the true top-k (by |truth|),
+    and the recall after each verification."""
+    true_top = set(truth.abs().argsort(descending=True)[:k].tolist())
+    found, curve, needed = 0, [], len(order)
+    for i, n in enumerate(order.tolist(), 1):
+        found += n in true_top
+        curve.append(found / k)
+        if found == k and needed == len(order):
+            needed = i
+    return needed, curve
+
+
+def compare(estimate: Result, reference: Result, k: int = 10) -> dict:
+    """Pearson; Spearman over all nodes and over nodes whose |reference| exceeds 1% of the
+    largest; top-k recall; sign agreement (same 1% set); cost-to-recall of the true top-k when
+    verifying in the estimate's order (rank_score if it has one, else |value|)."""
+    if estimate.labels != reference.labels:
+        raise ValueError("estimate and reference cover different nodes; run both on the same sites, "
+                         f"positions and layers ({len(estimate.labels)} vs {len(reference.labels)} nodes)")
+    if estimate.direction != reference.direction:
+        raise ValueError(f"direction mismatch: {estimate.direction} vs {reference.direction}; compare "
+                         "estimates against exact patching in the same direction")
+    e, r = estimate.flat.double(), reference.flat.double()
+    k = min(k, len(r))
+    big = r.abs() > 0.01 * r.abs().max()
+    order = estimate.extras.get("rank_score", estimate.values.abs()).flatten().argsort(descending=True)
+    needed, curve = cost_to_recall(order, r, k)
+    top_e = set(e.abs().argsort(descending=True)[:k].tolist())
+    top_r = set(r.abs().argsort(descending=True)[:k].tolist())
+    return {
+        "pearson": _pearson(e, r),
+        "spearman": _pearson(_rank(e), _rank(r)),
+        "spearman_1pct": _pearson(_rank(e[big]), _rank(r[big])) if int(big.sum()) > 2 else float("nan"),
+        f"recall@{k}": len(top_e & top_r) / k,
+        "sign_agreement": float((torch.sign(e[big]) == torch.sign(r[big])).double().mean()) if big.any() else float("nan"),
+        "verifications_to_recall": needed,
+        "recall_curve": curve,
+        "n_nodes": len(r),
+        "k": k,
+    }

@@ -1,0 +1,124 @@
+"""LRP propagation rules installed at hook points of an already-loaded model (for RelP).
+
+Every rule has the form ``backward_rule(y, s)``: the forward value is the model's own output
+``y`` (bit-identical), the backward pass is the gradient of a surrogate ``s``:
+
+- norms (LN-rule): the normaliser is a constant, s = (x - mean) / scale.detach() * w + b;
+- activations (identity rule): s = x * (act(x) / x).detach();
+- gated products act(gate) * up (half rule): each factor gets half the gradient;
+- attention, ``attention="pattern"`` (CP-LRP / AH rule): the pattern is a constant, so query
+  and key nodes get no attribution and are refused; ``attention="attnlrp"``: gradients through
+  the pattern and the values are halved (A V product) and through queries and keys halved
+  again (q k product), keeping the softmax gradient;
+- linear maps: the plain gradient (LRP-0).
+
+Rules are chosen when a run starts, from the loaded modules, so enabling RelP after loading
+works (a pitfall of the reference fork).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from circuitlab.engine.gradients import backward_rule
+
+ATTENTION_RULES = ("pattern", "attnlrp")
+
+
+def _module(bridge, path: str):
+    mod = bridge
+    for part in path.split("."):
+        mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
+    return mod
+
+
+def _norm_hooks(bridge, path: str):
+    ln = _module(bridge, path)
+    comp = ln.original_component
+    eps = getattr(comp, "eps", None) or getattr(comp, "variance_epsilon", None) or 1e-5
+    rms = bool(getattr(ln, "uses_rms_norm", False))
+    weight = getattr(ln, "weight", None)
+    if weight is not None and getattr(ln, "uses_weight_offset", False):
+        weight = 1.0 + weight
+    bias = getattr(comp, "bias", None) if not rms else None
+    state = {}
+
+    def take_input(x):
+        state["x"] = x
+
+    def rule(y):
+        x = state.pop("x").float()
+        xc = x if rms else x - x.mean(-1, keepdim=True)
+        scale = (xc.pow(2).mean(-1, keepdim=True) + float(eps)).sqrt().detach()
+        s = xc / scale
+        if weight is not None:
+            s = s * weight
+        if bias is not None:
+            s = s + bias
+        return backward_rule(y, s.to(y.dtype))
+
+    return [(f"{path}.hook_in", take_input), (f"{path}.hook_out", rule)]
+
+
+def _ratio(y, x):
+    safe = torch.where(x.abs() > 1e-6, x, torch.ones_like(x))
+    return torch.where(x.abs() > 1e-6, y / safe, torch.full_like(x, 0.5)).detach()
+
+
+def _mlp_hooks(bridge, layer: int):
+    mlp = bridge.blocks[layer].mlp
+    comp = mlp.original_component
+    act = getattr(comp, "act_fn", None) or getattr(comp, "act", None)
+    hd = bridge.hook_dict
+    pre, post, up = (f"blocks.{layer}.mlp.hook_{n}" for n in ("pre", "post", "pre_linear"))
+    state = {}
+    if up in hd:  # gated: hook_post = act(gate) * up
+        def take_gate(x):
+            state["g"] = x
+
+        def take_up(x):
+            state["u"] = x
+
+        def rule(y):
+            g, u = state.pop("g"), state.pop("u")
+            a = act(g)
+            a_s = g * _ratio(a, g)  # identity rule on the activation
+            s = 0.5 * (a_s * u.detach() + a.detach() * u)  # half rule on the product
+            return backward_rule(y, s)
+
+        return [(pre, take_gate), (up, take_up), (post, rule)]
+
+    def take_pre(x):
+        state["x"] = x
+
+    def rule_act(y):
+        x = state.pop("x")
+        return backward_rule(y, x * _ratio(y, x))
+
+    return [(pre, take_pre), (post, rule_act)]
+
+
+def _scale_grad(factor: float):
+    def fn(y):
+        return backward_rule(y, y * factor)
+
+    return fn
+
+
+def relp_hooks(model, attention: str = "pattern") -> list:
+    """Forward hooks implementing the rules on ``model`` (see module docstring)."""
+    if attention not in ATTENTION_RULES:
+        raise ValueError(f"unknown attention rule {attention!r}; choose from {ATTENTION_RULES}")
+    bridge = model.bridge
+    hooks = []
+    for k in bridge.hook_dict:
+        if k.endswith(".hook_scale"):
+            hooks += _norm_hooks(bridge, k[: -len(".hook_scale")])
+    for l in range(model.n_layers):
+        hooks += _mlp_hooks(bridge, l)
+        if attention == "pattern":
+            hooks.append((f"blocks.{l}.attn.hook_pattern", lambda y: y.detach()))
+        else:
+            hooks += [(f"blocks.{l}.attn.hook_pattern", _scale_grad(0.5)), (f"blocks.{l}.attn.hook_v", _scale_grad(0.5)),
+                      (f"blocks.{l}.attn.hook_q", _scale_grad(0.5)), (f"blocks.{l}.attn.hook_k", _scale_grad(0.5))]
+    return hooks
