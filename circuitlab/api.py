@@ -40,6 +40,6 @@ def logit_lens(model, task, tokens: str = "clean") -> Result:
 
 def compare(estimate: Result, reference: Result, k: int = 10) -> dict:
     """Agreement of an estimate with a reference (usually exact patching) over the same nodes."""
-    from circuitlab.compare import compare as _compare
+    from circuitlab.agreement import compare as _compare
 
     return _compare(estimate, reference, k)

@@ -132,7 +132,8 @@ def patch_nodes(
     layer_of = [min((n.layer for n in p), default=model.n_layers - 1) for p in patches]
     order = sorted(range(len(patches)), key=lambda i: (layer_of[i], start_of[i], i))
     K = chunk_size_for(model, B, T, positions.shape[1], max_patches_per_pass, memory_bytes)
-    out = torch.empty(len(patches), B, device=dev, dtype=torch.float32)
+    acc = torch.promote_types(torch.float32, model.dtype)  # float64 models keep float64 metrics
+    out = torch.empty(len(patches), B, device=dev, dtype=acc)
     passes = 0
     chunks = [order[i : i + K] for i in range(0, len(order), K)]
     for chunk in tqdm(chunks, desc="patching", disable=not progress, leave=False):
@@ -156,9 +157,9 @@ def patch_nodes(
                 new = torch.cat([base_final[:, :start].repeat(k, 1, 1), new], dim=1)
             rows = rows_b.repeat(k)
             vals = metric.per_prompt(final_logits(model, gather_positions(new, positions, rows)), rows)
-        out[torch.tensor(chunk, device=dev)] = vals.view(k, B).float()
+        out[torch.tensor(chunk, device=dev)] = vals.view(k, B).to(acc)
         passes += 1
-    return PatchRun(out, baseline.float(), passes, K)
+    return PatchRun(out, baseline.to(acc), passes, K)
 
 
 def _patch_hooks(patches, pos_list, source, B, T, start):

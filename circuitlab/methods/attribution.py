@@ -26,7 +26,8 @@ def node_values(nodes: Sequence[Node], scores: dict[str, torch.Tensor], roles: d
     """Sum each node's score over prompts (at each prompt's position, or all positions).
 
     ``scores`` maps hook name -> [B, T, X] (see :func:`reduce_to_nodes`)."""
-    out = torch.empty(len(nodes))
+    dtype = torch.promote_types(torch.float32, next(iter(scores.values())).dtype)
+    out = torch.empty(len(nodes), dtype=dtype)
     by_hook: dict[str, list[int]] = {}
     for i, n in enumerate(nodes):
         by_hook.setdefault(n.hook, []).append(i)
@@ -40,12 +41,12 @@ def node_values(nodes: Sequence[Node], scores: dict[str, torch.Tensor], roles: d
         if all_pos:
             tot = S.sum(1).sum(0)  # [X]
             xs = torch.tensor([idx.index(i) for i in all_pos], device=dev)
-            out[all_pos] = tot[x[xs]].float().cpu()
+            out[all_pos] = tot[x[xs]].to(dtype).cpu()
         if at_pos:
             P = torch.stack([node_positions(nodes[i], roles, n_prompts, dev) for i in at_pos])  # [n, B]
             xs = x[torch.tensor([idx.index(i) for i in at_pos], device=dev)]
             b = torch.arange(n_prompts, device=dev)
-            out[at_pos] = S[b[None, :], P, xs[:, None]].sum(1).float().cpu()
+            out[at_pos] = S[b[None, :], P, xs[:, None]].sum(1).to(dtype).cpu()
     return out
 
 
