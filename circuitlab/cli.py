@@ -38,9 +38,14 @@ def cmd_sweep(a) -> None:
     rows = [["sites", "method", "direction", "forward passes", "backward passes", "seconds", "top node", "top value"]]
     report = Report(f"circuitlab sweep: {model.name} · {task.name}")
     results = {}
+    from circuitlab.sweep import distributed_info, sweep
+
+    rank, world = distributed_info()
     for sites in a.sites.split(","):
         for method in a.method.split(","):
-            r = cl.patch(model, task, sites.strip(), method=method.strip(), direction=a.direction)
+            r = sweep(model, task, sites.strip(), method.strip(), a.direction, a.batch_size)
+            if rank != 0:
+                continue
             stem = f"{sites}_{method.replace('*', 'star')}_{a.direction}"
             r.save(out / stem)
             r.to_frame().to_csv(out / f"{stem}.csv", index=False)
@@ -49,6 +54,8 @@ def cmd_sweep(a) -> None:
                          round(r.cost.seconds, 3), label, value])
             report.add(f"{method} on {sites}", f"{r.metric} effect of each node ({a.direction}).", r.plot())
             results[(sites, method)] = r
+    if rank != 0:
+        return
     if len(a.method.split(",")) > 1:
         from circuitlab.api import compare
 
@@ -105,6 +112,7 @@ def cmd_zoo(a) -> None:
 EXAMPLES = {
     "demo": "examples:\n  circuitlab demo\n  circuitlab demo --task capitals --out my_report",
     "sweep": "examples:\n  circuitlab sweep --task ioi --sites heads,mlp_out --method exact --out runs/ioi\n"
+             "  torchrun --nproc_per_node 2 -m circuitlab.cli sweep --task ioi --sites heads --method atp* --out runs/ddp\n"
              "  circuitlab sweep --model gpt2-zoo --task pairs.jsonl --sites resid_pre --method exact,atp* --out runs/x",
     "zoo": "examples:\n  circuitlab zoo list\n  circuitlab zoo train gpt2-zoo",
 }
@@ -131,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--direction", default="denoising", choices=["denoising", "noising"])
     s.add_argument("--n", type=int, default=32, help="prompts (bundled tasks)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=16, help="prompts per batch (sweeps stream in batches)")
     s.add_argument("--out", required=True, help="output folder")
     s.set_defaults(fn=cmd_sweep)
 

@@ -62,8 +62,8 @@ class Task:
         m = self.metric
         sub_metric = M.Metric(m.name, m.positions[idx.to(m.positions.device)],
                               _reindex(m.per_prompt, idx), m.finish, m.higher_is_better)
-        T = int(self.lengths[idx].max())
-        return Task(self.clean_tokens[idx, :T], self.corrupt_tokens[idx, :T], self.lengths[idx],
+        # keep the full width so results over different subsets share one position grid
+        return Task(self.clean_tokens[idx], self.corrupt_tokens[idx], self.lengths[idx],
                     self.answer_ids[idx], self.wrong_ids[idx], sub_metric,
                     {k: v[idx] for k, v in self.roles.items()},
                     [self.prompts[i] for i in idx.tolist()] if self.prompts else [], self.name)
