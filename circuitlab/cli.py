@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -152,7 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     zt.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     zt.add_argument("--max-minutes", type=float, default=None)
     z.set_defaults(fn=cmd_zoo)
+    for mod in PLUGINS:  # subcommands owned by other packages (sparse coders, circuits, graphs)
+        try:
+            module = importlib.import_module(mod)
+        except ImportError:
+            continue
+        module.add_parser(sub, fmt)
     return p
+
+
+PLUGINS = ("circuitlab.sparse.cli", "circuitlab.circuits.cli", "circuitlab.graphs.cli")
+"""Modules with ``add_parser(subparsers, formatter_class)``; each sets ``fn`` on its parsers."""
 
 
 def main(argv: list[str] | None = None) -> int:
