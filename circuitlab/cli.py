@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="full analysis of a bundled model -> HTML report", epilog=EXAMPLES["demo"], formatter_class=fmt)
     d.add_argument("--model", default=None, help="zoo name, HF folder or hub id (default: the bundled GPT-2)")
-    d.add_argument("--task", default="ioi", help="bundled task (ioi, capitals, greater_than, induction) or JSONL")
+    d.add_argument("--task", default=None, help="bundled task (ioi, capitals, greater_than, induction) or JSONL (default: ioi and capitals)")
     d.add_argument("--out", default="circuitlab_demo", help="output folder")
     d.add_argument("--n", type=int, default=32, help="prompts per task")
     d.set_defaults(fn=cmd_demo)

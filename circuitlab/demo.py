@@ -1,4 +1,10 @@
-"""``circuitlab demo``: the analysis a researcher would run first, as one HTML report."""
+"""``circuitlab demo``: the analysis a researcher would run first, as one HTML report.
+
+IOI and capitals on the bundled GPT-2: direct logit attribution by layer and head, the logit
+lens, exact patching of the residual stream and of every head, and the fast estimators (AtP*,
+RelP) beside exact patching with their agreement. Sections for sparse-coder latents and
+attribution graphs are added when those packages and their bundled coders are installed.
+"""
 
 from __future__ import annotations
 
@@ -10,36 +16,102 @@ from typing import Optional
 from tqdm.auto import tqdm
 
 
-def run_demo(model: Optional[str] = None, task: str = "ioi", out: str | Path = "circuitlab_demo", n: int = 32) -> Path:
+def _agreement_rows(results: dict, exact) -> list:
     import circuitlab as cl
+
+    rows = [["method", "pearson", "spearman (>1% nodes)", "recall@5", "forward", "backward", "seconds"]]
+    rows.append(["exact", 1.0, 1.0, 1.0, exact.cost.forward_passes, exact.cost.backward_passes, round(exact.cost.seconds, 3)])
+    for name, r in results.items():
+        c = cl.compare(r, exact, k=5)
+        rows.append([name, c["pearson"], c["spearman_1pct"], c["recall@5"], r.cost.forward_passes,
+                     r.cost.backward_passes, round(r.cost.seconds, 3)])
+    return rows
+
+
+def analyse(model, task, report, out: Path, label: str, steps) -> dict:
+    import plotly.graph_objects as go
+
+    import circuitlab as cl
+
+    summary: dict = {}
+    report.add(f"{label}: model and task", f"{model!r}. Task {task.name}: {len(task)} prompt pairs (held-out phrasings), "
+               f"metric {task.metric.name}. First records:",
+               [["#", "clean", "corrupt", "answer", "wrong"]] +
+               [[i, r["clean"], r["corrupt"], r["answer"], r["wrong"]] for i, r in enumerate(task.prompts[:4])])
+    layer = cl.dla(model, task, by="layer")
+    head = cl.dla(model, task, by="head")
+    lens = cl.logit_lens(model, task)
+    fig = go.Figure(go.Scatter(x=lens.labels, y=lens.values.tolist(), mode="lines+markers"))
+    fig.update_layout(title="Logit lens: answer - wrong logit after each block", yaxis_title="logit difference")
+    report.add(f"{label}: direct logit attribution and logit lens",
+               "How much each layer and head writes the answer-minus-wrong direction into the final residual "
+               f"stream (mean logit difference {layer.baseline:.3f}; the components sum to it exactly), and where "
+               "along the depth the answer becomes readable.", layer.plot("DLA by layer (attention, MLP)"),
+               head.plot("DLA by head"), fig)
+    steps.update(1)
+    resid = cl.patch(model, task, "resid_pre", method="exact", progress=False)
+    heads = cl.patch(model, task, "heads_all", method="exact", progress=False)
+    for r, stem in ((resid, "resid_pre"), (heads, "heads_all")):
+        r.save(out / f"{label}_exact_{stem}")
+    report.add(f"{label}: exact activation patching",
+               "Denoising: run the corrupted prompts and restore one node's clean value. The residual stream "
+               "shows where the deciding information sits at each layer; the head sweep shows which heads carry it.",
+               resid.plot("Exact patching: resid_pre [layer, position]"), heads.plot("Exact patching: heads [layer, head]"),
+               [["head", "effect"]] + [[l, v] for l, v in heads.top(6)])
+    steps.update(1)
+    fast = {"atp*": cl.patch(model, task, "heads_all", method="atp*"), "relp": cl.patch(model, task, "heads_all", method="relp"),
+            "atp": cl.patch(model, task, "heads_all", method="atp")}
+    rows = _agreement_rows(fast, heads)
+    report.add(f"{label}: fast estimators against exact patching",
+               "The same head sweep estimated from gradients: AtP (two forward passes, one backward), AtP* (QK fix, "
+               "GradDrop ranking) and RelP (LRP rules). Agreement with exact patching over all heads.",
+               fast["atp*"].plot("AtP* estimate: heads [layer, head]"), rows)
+    steps.update(1)
+    summary.update({"dla_total": layer.meta["total"], "logit_diff": layer.baseline, "top_heads_exact": heads.top(5),
+                    "agreement": rows[1:], "resid_exact_seconds": resid.cost.seconds})
+    for extra in _optional_sections():
+        extra(model, task, report, out, label, summary)
+    return summary
+
+
+def _optional_sections():
+    """Sections from packages that may be absent in a partial install (sparse coders, graphs)."""
+    out = []
+    try:
+        from circuitlab.sparse.demo import demo_section as sparse_section  # type: ignore
+
+        out.append(sparse_section)
+    except ImportError:
+        pass
+    try:
+        from circuitlab.graphs.demo import demo_section as graph_section  # type: ignore
+
+        out.append(graph_section)
+    except ImportError:
+        pass
+    return out
+
+
+def run_demo(model: Optional[str] = None, task: Optional[str] = None, out: str | Path = "circuitlab_demo", n: int = 32) -> Path:
     from circuitlab.cli import _load_model, _task
     from circuitlab.viz.report import Report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = tqdm(total=4, desc="demo")
     t0 = time.perf_counter()
+    tasks = [task] if task else ["ioi", "capitals"]
+    steps = tqdm(total=1 + 3 * len(tasks), desc="demo")
     m = _load_model(model)
-    t = _task(m, task, n, 0)
     steps.update(1)
-    report = Report(f"circuitlab demo: {m.name} · {t.name}")
-    report.add("Model and task", f"{m!r}. Task {t.name}: {len(t)} prompt pairs, metric {t.metric.name}.",
-               [["prompt", "clean", "corrupt", "answer", "wrong"]] +
-               [[i, r["clean"], r["corrupt"], r["answer"], r["wrong"]] for i, r in enumerate(t.prompts[:5])])
+    report = Report(f"circuitlab demo: {m.name}")
     summary = {}
-    for sites, text in [("resid_pre", "Exact denoising patching of the residual stream at each layer and position: "
-                         "where the information that decides the answer sits."),
-                        ("heads_all", "Exact denoising patching of each attention head's output (all positions): "
-                         "which heads carry the behaviour.")]:
-        r = cl.patch(m, t, sites, method="exact", progress=False)
-        r.save(out / f"exact_{sites}")
-        report.add(f"Exact patching: {sites}", text, r.plot(),
-                   [["node", "effect"]] + [[l, v] for l, v in r.top(8)])
-        summary[sites] = {"top": r.top(5), "seconds": r.cost.seconds, "baseline": r.baseline}
-        steps.update(1)
+    for tname in tasks:
+        t = _task(m, tname, n, 0)
+        summary[t.name] = analyse(m, t, report, out, t.name, steps)
     path = report.save(out / "report.html")
-    (out / "summary.json").write_text(json.dumps({"model": m.name, "task": t.name, "seconds": time.perf_counter() - t0,
-                                                  "results": summary}, indent=1))
-    steps.update(1)
+    from circuitlab.result import atomic_write
+
+    text = json.dumps({"model": m.name, "seconds": time.perf_counter() - t0, "tasks": summary}, indent=1, default=str)
+    atomic_write(out / "summary.json", lambda p: Path(p).write_text(text))
     steps.close()
     return path
