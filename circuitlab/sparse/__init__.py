@@ -1,0 +1,17 @@
+"""Sparse coders: SAEs, transcoders and crosscoders — training, evaluation, files, dashboards.
+
+Architectures (one file each, registered by name): ``relu`` (L1 weighted by decoder norms),
+``topk`` (+AuxK), ``batchtopk`` (saved as JumpReLU), ``jumprelu`` (straight-through threshold).
+Transcoders and crosscoders are the same coders with other input/output sites
+(``transcoder.py``, ``crosscoder.py``). Splicing into a model lives in the engine
+(``circuitlab.engine.splice``).
+"""
+
+from circuitlab.sparse.base import (
+    ARCHITECTURES, CoderConfig, LossContext, SparseCoder, config_class, make_coder,
+)
+from circuitlab.sparse.crosscoder import crosscoder_config, source_shares
+from circuitlab.sparse.transcoder import transcoder_config
+
+__all__ = ["ARCHITECTURES", "CoderConfig", "LossContext", "SparseCoder", "config_class", "make_coder",
+           "crosscoder_config", "source_shares", "transcoder_config"]
