@@ -107,7 +107,7 @@ def test_memory_cap_changes_chunk_not_values(gpt2, ioi_pairs):
     big = chunk_size_for(gpt2, 3, 15, 1, 10_000, memory_bytes=1 << 30)
     assert small == 1 and big > 16
     a = cl.patch(gpt2, task, "heads", memory_bytes=1, max_patches_per_pass=10_000, progress=False)
-    b = cl.patch(gpt2, task, "heads", memory_bytes=1 << 30, max_patches_per_pass=10_000, progress=False)
+    b = cl.patch(gpt2, task, "heads", memory_bytes=1 << 30, max_patches_per_pass=10_000, max_waste=float("inf"), progress=False)
     assert a.meta["chunk_size"] == 1 and b.meta["chunk_size"] > 16
     assert a.cost.forward_passes > b.cost.forward_passes
     assert torch.allclose(a.values, b.values, atol=1e-5)
@@ -120,3 +120,21 @@ def test_no_hooks_left_after_sweeps_and_errors(gpt2, ioi_pairs):
     with pytest.raises(ValueError):
         cl.patch(gpt2, task, "heads", positions=[99], progress=False)
     assert count_hooks(gpt2.bridge) == before
+
+
+def test_chunk_plan_limits_wasted_work():
+    from circuitlab.engine.patching import plan_chunks
+
+    # resid sweep order: (layer, pos) for 2 layers x 16 positions
+    order = list(range(32))
+    layer_of = [i // 16 for i in order]
+    start_of = [i % 16 for i in order]
+    chunks = plan_chunks(order, layer_of, start_of, 2, 16, cap=16, max_waste=0.15)
+    assert sorted(sum(chunks, [])) == order
+    for c in chunks:
+        assert len({layer_of[i] for i in c}) == 1  # never mixes layers here
+        l0, p0 = layer_of[c[0]], min(start_of[i] for i in c)
+        spent = len(c) * (2 - l0) * (16 - p0)
+        useful = sum((2 - layer_of[i]) * (16 - start_of[i]) for i in c)
+        assert spent <= 1.15 * useful + 1e-9
+    assert plan_chunks(order, layer_of, start_of, 2, 16, cap=64, max_waste=float("inf")) == [order]

@@ -71,7 +71,7 @@ def chunk_size_for(model, n_prompts: int, n_pos: int, k_logits: int,
     per_row += k_logits * model.d_vocab * 4
     budget = memory_bytes if memory_bytes is not None else int(0.25 * _free_memory(model.device))
     k = max(1, budget // max(1, per_row * n_prompts))
-    cap = max_patches_per_pass or (64 if model.device.type == "cuda" else 8)
+    cap = max_patches_per_pass or (64 if model.device.type == "cuda" else 16)
     return int(max(1, min(k, cap)))
 
 
@@ -99,6 +99,7 @@ def patch_nodes(
     max_patches_per_pass: Optional[int] = None,
     memory_bytes: Optional[int] = None,
     progress: bool = False,
+    max_waste: Optional[float] = None,
 ) -> PatchRun:
     """Apply each patch (a node, or a set of nodes patched together) to all prompts, taking
     values from ``source`` ({hook name: [prompts, pos, ...]}); return per-prompt metric values."""
@@ -135,7 +136,9 @@ def patch_nodes(
     acc = torch.promote_types(torch.float32, model.dtype)  # float64 models keep float64 metrics
     out = torch.empty(len(patches), B, device=dev, dtype=acc)
     passes = 0
-    chunks = [order[i : i + K] for i in range(0, len(order), K)]
+    waste = max_waste if max_waste is not None else (0.5 if dev.type == "cuda" else 0.15)
+    chunks = plan_chunks(order, layer_of, start_of, model.n_layers, T, K, waste,
+                         model.fast_restart, model.fast_positions)
     for chunk in tqdm(chunks, desc="patching", disable=not progress, leave=False):
         k = len(chunk)
         layer0 = min(layer_of[i] for i in chunk) if model.fast_restart else 0
@@ -160,6 +163,32 @@ def patch_nodes(
         out[torch.tensor(chunk, device=dev)] = vals.view(k, B).to(acc)
         passes += 1
     return PatchRun(out, baseline.to(acc), passes, K)
+
+
+def plan_chunks(order, layer_of, start_of, n_layers, T, cap, max_waste, restart=True, positions=True):
+    """Group patches (already sorted by layer, position) into passes of at most ``cap``.
+
+    A pass restarts at its earliest layer and position, so a patch later in the pass pays for
+    work it does not need. A patch joins the current pass only while that extra work stays
+    below ``max_waste`` of the pass's useful work (a bigger batch is worth more on a GPU)."""
+    def work(l, p):
+        return (n_layers - (l if restart else 0)) * (T - (p if positions else 0))
+
+    chunks, cur, useful = [], [], 0
+    for i in order:
+        if cur:
+            l0 = min(layer_of[j] for j in cur + [i])
+            p0 = min(start_of[j] for j in cur + [i])
+            need = useful + work(layer_of[i], start_of[i])
+            spent = (len(cur) + 1) * work(l0, p0)
+            if len(cur) >= cap or spent > (1 + max_waste) * need:
+                chunks.append(cur)
+                cur, useful = [], 0
+        cur.append(i)
+        useful += work(layer_of[i], start_of[i])
+    if cur:
+        chunks.append(cur)
+    return chunks
 
 
 def _patch_hooks(patches, pos_list, source, B, T, start):

@@ -38,6 +38,7 @@ def exact(
     max_patches_per_pass: Optional[int] = None,
     memory_bytes: Optional[int] = None,
     progress: bool = True,
+    max_waste: Optional[float] = None,
     **_,
 ) -> Result:
     """Patch every node of ``sites`` one at a time; see circuitlab.methods.grid for site specs."""
@@ -48,7 +49,7 @@ def exact(
     hooks = sorted({n.hook for n in grid.nodes})
     source = capture(model, src_tokens, hooks)
     run = patch_nodes(model, base, source, grid.nodes, task.metric, task.roles,
-                      max_patches_per_pass, memory_bytes, progress)
+                      max_patches_per_pass, memory_bytes, progress, max_waste)
     m = task.metric
     baseline = float(m.reduce(run.baseline[None])[0])
     patched = m.reduce(run.per_prompt)
