@@ -1,0 +1,121 @@
+"""EdgeScores: one value per edge (optionally per position), saveable like Result."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from circuitlab.circuits.graph import ComponentGraph, Receiver, Sender
+from circuitlab.result import Cost, atomic_write
+
+FORMAT = "circuitlab.edges/1"
+
+
+@dataclass
+class EdgeScores:
+    """Edge effects of one method on one task: ``values[s, r]`` (or ``[pos, s, r]``) is the change
+    of the reported metric when sender s's write, as seen by receiver r only, takes its source
+    value (or its first-order estimate). Entries that are not edges are 0 and masked."""
+
+    values: torch.Tensor
+    """[senders, receivers] or [positions, senders, receivers]."""
+    senders: list[str]
+    receivers: list[str]
+    mask: torch.Tensor
+    """[senders, receivers] bool: which entries are edges."""
+    method: str
+    direction: str
+    metric: str
+    baseline: float
+    """Metric of the unpatched base run (corrupted for denoising, clean for noising)."""
+    positions: Optional[list[int]] = None
+    """Absolute positions of axis 0 when scores are kept per position; None when summed."""
+    cost: Cost = field(default_factory=Cost)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def per_position(self) -> bool:
+        return self.values.dim() == 3
+
+    @property
+    def summed(self) -> torch.Tensor:
+        """[senders, receivers] values summed over positions."""
+        return self.values.sum(0) if self.per_position else self.values
+
+    def edges(self) -> list[tuple[str, float]]:
+        """(label, value) of every edge (summed over positions), graph order."""
+        v = self.summed
+        return [(f"{self.senders[i]}->{self.receivers[j]}", float(v[i, j])) for i, j in self.mask.nonzero().tolist()]
+
+    def labels_values(self) -> tuple[list[str], torch.Tensor]:
+        """Edge labels and values (per position labels 'u->v@t' when kept per position)."""
+        idx = self.mask.nonzero()
+        if not self.per_position:
+            return ([f"{self.senders[i]}->{self.receivers[j]}" for i, j in idx.tolist()],
+                    self.values[idx[:, 0], idx[:, 1]])
+        labels, vals = [], []
+        for p, t in enumerate(self.positions):
+            labels += [f"{self.senders[i]}->{self.receivers[j]}@{t}" for i, j in idx.tolist()]
+            vals.append(self.values[p, idx[:, 0], idx[:, 1]])
+        return labels, torch.cat(vals)
+
+    def top(self, k: int = 10) -> list[tuple[str, float]]:
+        labels, v = self.labels_values()
+        order = v.abs().argsort(descending=True)[:k].tolist()
+        return [(labels[i], float(v[i])) for i in order]
+
+    def to_frame(self):
+        import pandas as pd
+
+        labels, v = self.labels_values()
+        return pd.DataFrame({"edge": labels, "value": v.tolist()})
+
+    def save(self, path: str | Path) -> Path:
+        """``path``.safetensors (values, mask) and ``path``.json (the rest), each written atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors = {"values": self.values.detach().cpu().contiguous(), "mask": self.mask.cpu().contiguous()}
+        info = {"format": FORMAT, "senders": self.senders, "receivers": self.receivers, "method": self.method,
+                "direction": self.direction, "metric": self.metric, "baseline": self.baseline,
+                "positions": self.positions, "cost": vars(self.cost), "meta": self.meta}
+        atomic_write(path.with_suffix(".safetensors"), lambda p: save_file(tensors, str(p)))
+        atomic_write(path.with_suffix(".json"), lambda p: Path(p).write_text(json.dumps(info, indent=1, default=str)))
+        return path.with_suffix(".json")
+
+    @staticmethod
+    def load(path: str | Path) -> "EdgeScores":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        js = path.with_suffix(".json")
+        if not js.exists():
+            raise FileNotFoundError(f"no edge-score file {js}")
+        info = json.loads(js.read_text())
+        if info.get("format") != FORMAT:
+            raise ValueError(f"{js} is not a circuitlab edge-score file")
+        try:
+            t = load_file(str(path.with_suffix(".safetensors")))
+        except Exception as e:
+            raise ValueError(f"{path.with_suffix('.safetensors')} is not a readable safetensors file ({e})") from e
+        return EdgeScores(t["values"], info["senders"], info["receivers"], t["mask"], info["method"],
+                          info["direction"], info["metric"], info["baseline"], info["positions"],
+                          Cost(**info["cost"]), info["meta"])
+
+    def __repr__(self) -> str:
+        top = ", ".join(f"{l}={v:+.3g}" for l, v in self.top(3))
+        return (f"EdgeScores({self.method} {self.direction}, {self.metric}, {int(self.mask.sum())} edges"
+                f"{' x %d positions' % len(self.positions) if self.per_position else ''}; top: {top})")
+
+
+def make_scores(graph: ComponentGraph, values: torch.Tensor, method: str, direction: str, task,
+                baseline: float, positions=None, cost: Cost | None = None, meta=None) -> EdgeScores:
+    mask = graph.mask.to(values.device)
+    values = values * mask if values.dim() == 2 else values * mask[None]
+    return EdgeScores(values.detach().cpu(), [str(s) for s in graph.senders], [str(r) for r in graph.receivers],
+                      graph.mask.clone(), method, direction, task.metric.name, float(baseline), positions,
+                      cost or Cost(), meta or {})
