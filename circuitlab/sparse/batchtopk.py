@@ -22,8 +22,9 @@ class BatchTopKConfig(TopKConfig):
 
     arch: str = "batchtopk"
     """Architecture name (fixed)."""
-    threshold_ema: float = 0.99
-    """Decay of the running estimate of the smallest kept activation."""
+    threshold_ema: float = 0.9
+    """Decay of the running estimate of the smallest kept activation (0.9: a ~10-step window,
+    short enough not to lag behind the shrinking activations of a short run)."""
 
 
 def batch_threshold(a: torch.Tensor, k_total: int, comm) -> torch.Tensor:

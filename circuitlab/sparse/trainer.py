@@ -1,0 +1,312 @@
+"""Training several sparse coders from one activation stream, resumable and data-parallel.
+
+Why one stream for many coders: activations cost a forward pass of the model; an L0 sweep
+(or an SAE and a transcoder on the same layer) reuses every batch. Why a step-indexed
+loader and full checkpoints (weights, Adam moments, dead counters, loader position): a run
+killed at any point and resumed produces the same weights as an uninterrupted run, which
+the tests check bit for bit. Checkpoints are written atomically and the pointer to the latest
+one moves last, so a crash (or a NaN, which stops training before it is saved) always leaves
+the last good checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from circuitlab.result import atomic_write
+from circuitlab.sparse.base import Comm, LossContext, SparseCoder
+from circuitlab.sparse.store import Rows, ShardLoader
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every coder of a run."""
+
+    total_tokens: int = 2_000_000
+    """Training tokens (global, across ranks)."""
+    batch_size: int = 4096
+    """Tokens per optimizer step (global, across ranks)."""
+    lr: Optional[float] = None
+    """Adam learning rate; None: 2e-4 / sqrt(d_sae / 2^14) per coder (the TopK scaling law)."""
+    beta1: float = 0.9
+    """Adam beta1."""
+    beta2: float = 0.999
+    """Adam beta2."""
+    warmup_fraction: float = 0.02
+    """Linear learning-rate warm-up over this fraction of the steps."""
+    decay_fraction: float = 0.2
+    """Linear decay to zero over the last fraction of the steps."""
+    sparsity_warmup_fraction: float = 0.05
+    """Linear warm-up of the L1 / L0 coefficient over this fraction of the steps."""
+    dead_window_tokens: Optional[int] = None
+    """A latent is dead after this many tokens without firing; None: min(10M, total/5)."""
+    dense_threshold: float = 0.1
+    """Firing frequency above which a latent counts as dense (reported, not penalised)."""
+    b_dec_init: str = "geometric_median"
+    """Decoder bias initialisation: geometric_median, mean, or zeros."""
+    init_tokens: int = 8192
+    """Tokens used to estimate the normalisation and the geometric median."""
+    normalize: bool = True
+    """Scale inputs to E||x|| = sqrt(d) (folded into the weights when saving)."""
+    checkpoint_every: int = 200
+    """Steps between checkpoints (0: only at the end)."""
+    log_every: int = 20
+    """Steps between history records."""
+    progress: bool = True
+    """Show a tqdm bar with tokens/s, L0 and FVU."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+def default_lr(coder: SparseCoder) -> float:
+    return 2e-4 / math.sqrt(coder.d_sae / 2**14)
+
+
+def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-7) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances."""
+    X = x.double()
+    m = X.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (X - m).norm(dim=1).clamp_min(1e-12)
+        new = (w[:, None] * X).sum(0) / w.sum()
+        done = (new - m).norm() <= tol * m.norm().clamp_min(1.0)
+        m = new
+        if done:
+            break
+    return m.to(x.dtype)
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    warm = max(1, int(cfg.warmup_fraction * total))
+    f = min(1.0, (step + 1) / warm)
+    decay_start = int((1 - cfg.decay_fraction) * total)
+    if cfg.decay_fraction > 0 and step >= decay_start:
+        f *= max(0.0, (total - step) / max(1, total - decay_start))
+    return f
+
+
+def fvu(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+    """||y - y_hat||^2 / ||y - mean(y)||^2 (variance around the mean, summed over the batch)."""
+    return (y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
+class Trainer:
+    """Trains ``coders`` ({name: coder}) on batches from ``loader``; writes to ``out_dir``."""
+
+    def __init__(self, coders: dict[str, SparseCoder], loader: ShardLoader, cfg: TrainConfig,
+                 out_dir: str | Path, comm: Optional[Comm] = None):
+        self.coders = coders
+        self.loader = loader
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.comm = comm or Comm()
+        self.total_steps = max(1, cfg.total_tokens // cfg.batch_size)
+        self.step = 0
+        self.opts = {n: torch.optim.Adam(c.parameters(), lr=cfg.lr or default_lr(c), betas=(cfg.beta1, cfg.beta2))
+                     for n, c in coders.items()}
+        self.base_lr = {n: cfg.lr or default_lr(c) for n, c in coders.items()}
+        self.since_fired = {n: torch.zeros(c.d_sae, dtype=torch.long) for n, c in coders.items()}
+        self.fire_count = {n: torch.zeros(c.d_sae, dtype=torch.long) for n, c in coders.items()}
+        self.tokens_seen = 0
+        self.history: list[dict] = []
+
+    @property
+    def dead_window(self) -> int:
+        c = self.cfg
+        return c.dead_window_tokens or min(10_000_000, max(c.total_tokens // 5, 4 * c.batch_size))
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def initialise(self, sample: Rows) -> None:
+        """Normalisation scales and b_dec from a sample (rank 0's values are broadcast)."""
+        for c in self.coders.values():
+            cfg = c.cfg
+            x = sample.x.float()
+            y = x if sample.y is None or cfg.autoencoder else sample.y.float()
+            if self.cfg.normalize:
+                xs = x.view(len(x), cfg.n_sources, cfg.d_in).norm(dim=-1).mean(0)
+                c.in_scale.copy_(math.sqrt(cfg.d_in) / xs.clamp_min(1e-12))
+                if cfg.autoencoder:
+                    c.out_scale.copy_(c.in_scale)
+                else:
+                    ys = y.view(len(y), cfg.n_targets_, cfg.d_out_).norm(dim=-1).mean(0)
+                    c.out_scale.copy_(math.sqrt(cfg.d_out_) / ys.clamp_min(1e-12))
+            ys_ = y * c.out_scale.repeat_interleave(cfg.d_out_)
+            if self.cfg.b_dec_init == "geometric_median":
+                c.b_dec.copy_(geometric_median(ys_))
+            elif self.cfg.b_dec_init == "mean":
+                c.b_dec.copy_(ys_.mean(0))
+            elif self.cfg.b_dec_init != "zeros":
+                raise ValueError(f"unknown b_dec_init {self.cfg.b_dec_init!r}; use geometric_median, mean or zeros")
+        if self.comm.world > 1:
+            for c in self.coders.values():
+                self.comm.broadcast_(list(c.parameters()) + list(c.buffers()))
+
+    # ------------------------------------------------------------------ checkpoints
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        t = {}
+        for n, c in self.coders.items():
+            for k, v in c.state_dict().items():
+                t[f"{n}/coder/{k}"] = v
+            names = [k for k, _ in c.named_parameters()]
+            st = self.opts[n].state_dict()["state"]
+            for i, s in st.items():
+                for k, v in s.items():
+                    t[f"{n}/adam/{names[i]}/{k}"] = torch.as_tensor(v)
+            t[f"{n}/since_fired"] = self.since_fired[n]
+            t[f"{n}/fire_count"] = self.fire_count[n]
+        return {k: v.detach().cpu().contiguous() for k, v in t.items()}
+
+    def save_checkpoint(self) -> Optional[Path]:
+        from safetensors.torch import save_file
+
+        states = [self.loader.state_dict()]
+        if self.comm.world > 1:
+            import torch.distributed as dist
+
+            states = [None] * self.comm.world
+            dist.all_gather_object(states, self.loader.state_dict())
+        if self.comm.rank != 0:
+            return None
+        name = f"step_{self.step:08d}.safetensors"
+        tensors = self._tensors()
+        atomic_write(self.ckpt_dir / name, lambda p: save_file(tensors, p))
+        info = {"step": self.step, "tokens": self.tokens_seen, "file": name, "loaders": states,
+                "config": asdict(self.cfg), "history": self.history}
+        atomic_write(self.ckpt_dir / "latest.json", lambda p: Path(p).write_text(json.dumps(info)))
+        for old in sorted(self.ckpt_dir.glob("step_*.safetensors"))[:-2]:  # keep the previous one too
+            old.unlink(missing_ok=True)
+        return self.ckpt_dir / name
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint if there is one; True when resumed."""
+        from safetensors.torch import load_file
+
+        p = self.ckpt_dir / "latest.json"
+        if not p.exists():
+            return False
+        info = json.loads(p.read_text())
+        t = load_file(str(self.ckpt_dir / info["file"]))
+        for n, c in self.coders.items():
+            sd = {k.split("/coder/", 1)[1]: v for k, v in t.items() if k.startswith(f"{n}/coder/")}
+            c.load_state_dict(sd)
+            names = [k for k, _ in c.named_parameters()]
+            opt = self.opts[n]
+            state = {}
+            for i, pn in enumerate(names):
+                pre = f"{n}/adam/{pn}/"
+                s = {k[len(pre):]: v for k, v in t.items() if k.startswith(pre)}
+                if s:
+                    state[i] = s
+            opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+            self.since_fired[n] = t[f"{n}/since_fired"].clone()
+            self.fire_count[n] = t[f"{n}/fire_count"].clone()
+        self.step, self.tokens_seen, self.history = info["step"], info["tokens"], info["history"]
+        self.loader.load_state_dict(info["loaders"][self.comm.rank])
+        return True
+
+    # ------------------------------------------------------------------ training
+    def train_step(self) -> dict[str, dict]:
+        cfg = self.cfg
+        rows = self.loader.next()
+        global_batch = len(rows) * self.comm.world
+        sp = min(1.0, (self.step + 1) / max(1, int(cfg.sparsity_warmup_fraction * self.total_steps)))
+        lrf = lr_factor(self.step, self.total_steps, cfg)
+        logs = {}
+        for n, c in self.coders.items():
+            ccfg = c.cfg
+            x = rows.x.float() * c.in_scale.repeat_interleave(ccfg.d_in)
+            y = None if rows.y is None or ccfg.autoencoder else rows.y.float() * c.out_scale.repeat_interleave(ccfg.d_out_)
+            dead = self.since_fired[n] >= self.dead_window
+            opt = self.opts[n]
+            opt.zero_grad(set_to_none=True)
+            out = c.loss(x, y, LossContext(sparsity_scale=sp, dead=dead, comm=self.comm))
+            out.loss.backward()
+            lossv = out.loss.detach().reshape(1)
+            if self.comm.world > 1:
+                self.comm.average_grads_(c.parameters())
+                lossv = self.comm.all_reduce_sum(lossv) / self.comm.world
+            if not bool(torch.isfinite(lossv).all()):
+                last = self.ckpt_dir / "latest.json"
+                raise NonFiniteLoss(
+                    f"coder {n!r}: the loss became {float(lossv[0])} at step {self.step} "
+                    f"({self.tokens_seen} tokens); stopped without saving. The last good checkpoint is "
+                    f"{last if last.exists() else 'none (no checkpoint written yet)'}. Lower the learning "
+                    "rate or check the activations for inf/nan, then resume.")
+            for g in opt.param_groups:
+                g["lr"] = self.base_lr[n] * lrf
+            opt.step()
+            c.after_step()
+            c.observe(out.parts)
+            with torch.no_grad():
+                fired = (out.f > 0).sum(0)
+                if self.comm.world > 1:
+                    fired = self.comm.all_reduce_sum(fired)
+                self.since_fired[n] = torch.where(fired > 0, torch.zeros_like(self.since_fired[n]),
+                                                  self.since_fired[n] + global_batch)
+                self.fire_count[n] += fired.cpu()
+                yy = x if y is None else y
+                logs[n] = {"loss": float(lossv[0]), "l0": float((out.f > 0).sum(-1).float().mean()),
+                           "fvu": float(fvu(yy, out.y_hat)), "dead": float(dead.float().mean())}
+        self.step += 1
+        self.tokens_seen += global_batch
+        return logs
+
+    def run(self, sample: Optional[Rows] = None, stop_after: Optional[int] = None) -> dict[str, dict]:
+        """Train to ``total_tokens`` (or ``stop_after`` steps, for tests of resumption),
+        resuming from the latest checkpoint if any; returns the last logs per coder."""
+        from tqdm.auto import tqdm
+
+        if not self.resume():
+            if sample is None:
+                raise ValueError("a fresh run needs a sample of rows to initialise from")
+            self.initialise(sample)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="training",
+                   disable=not (self.cfg.progress and self.comm.rank == 0), dynamic_ncols=True)
+        t0, tok0 = time.perf_counter(), self.tokens_seen
+        logs: dict = {}
+        try:
+            while self.step < self.total_steps:
+                if stop_after is not None and self.step >= stop_after:
+                    break
+                logs = self.train_step()
+                first = next(iter(logs.values()))
+                rate = (self.tokens_seen - tok0) / max(1e-9, time.perf_counter() - t0)
+                bar.update(1)
+                bar.set_postfix(tok_s=f"{rate:,.0f}", L0=f"{first['l0']:.1f}", FVU=f"{first['fvu']:.3f}")
+                if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+                    self.history.append({"step": self.step, "tokens": self.tokens_seen, "tokens_per_s": rate, **{
+                        f"{n}.{k}": v for n, d in logs.items() for k, v in d.items()}})
+                if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        if stop_after is None or self.step >= self.total_steps:
+            self.save_checkpoint()
+        self.elapsed = time.perf_counter() - t0
+        return logs
+
+    def densities(self, name: str) -> torch.Tensor:
+        """[d_sae] firing frequency of each latent over training."""
+        return self.fire_count[name].double() / max(1, self.tokens_seen)
+
+    def export(self, name: str) -> SparseCoder:
+        """A copy of coder ``name`` ready to save: scaling folded, BatchTopK as JumpReLU."""
+        import copy
+
+        c = copy.deepcopy(self.coders[name])
+        c.fold_scaling()
+        return c.for_inference()

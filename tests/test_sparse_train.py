@@ -1,0 +1,156 @@
+"""Sparse-coder training: resumption, NaN handling, BatchTopK export, 2-process data parallel."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from circuitlab.sparse.base import config_class, make_coder
+from circuitlab.sparse.store import ShardLoader
+from circuitlab.sparse.synthetic import ToyData
+from circuitlab.sparse.trainer import NonFiniteLoss, TrainConfig, Trainer, fvu
+
+DATA = ToyData(d=16, n_features=48, shard_tokens=512)
+
+
+def _coders():
+    return {"topk": make_coder(config_class("topk")(d_in=16, d_sae=64, k=4, aux_k=8, seed=1)),
+            "batchtopk": make_coder(config_class("batchtopk")(d_in=16, d_sae=64, k=4, seed=2)),
+            "jumprelu": make_coder(config_class("jumprelu")(d_in=16, d_sae=64, l0_coeff=0.05, seed=3)),
+            "relu": make_coder(config_class("relu")(d_in=16, d_sae=64, l1_coeff=0.5, seed=4))}
+
+
+def _cfg(**kw):
+    base = dict(total_tokens=128 * 40, batch_size=128, lr=3e-3, progress=False, checkpoint_every=10,
+                dead_window_tokens=128 * 3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_resume_after_interruption_gives_identical_weights(tmp_path):
+    full = Trainer(_coders(), ShardLoader(DATA.shard, 6, 128, seed=5, buffer_shards=2), _cfg(), tmp_path / "a")
+    full.run(sample=DATA.shard(0))
+    part = Trainer(_coders(), ShardLoader(DATA.shard, 6, 128, seed=5, buffer_shards=2), _cfg(), tmp_path / "b")
+    part.run(sample=DATA.shard(0), stop_after=25)  # "killed" at step 25: last checkpoint is step 20
+    assert json.loads((tmp_path / "b/checkpoints/latest.json").read_text())["step"] == 20
+    resumed = Trainer(_coders(), ShardLoader(DATA.shard, 6, 128, seed=5, buffer_shards=2), _cfg(), tmp_path / "b")
+    resumed.run()
+    assert resumed.step == full.step == 40
+    for n in full.coders:
+        for (k, a), (_, b) in zip(full.coders[n].state_dict().items(), resumed.coders[n].state_dict().items()):
+            assert torch.equal(a, b), f"{n}.{k} differs after resuming"
+        assert torch.equal(full.fire_count[n], resumed.fire_count[n])
+
+
+def test_dead_latents_tracked_in_tokens_and_auxk_revives(tmp_path):
+    c = {"topk": make_coder(config_class("topk")(d_in=16, d_sae=64, k=2, aux_k=8, seed=1))}
+    with torch.no_grad():  # nearly kill half the latents: they (almost) never win the top-k
+        c["topk"].b_enc[:32] = -3.0
+    t = Trainer(c, ShardLoader(DATA.shard, 6, 128), _cfg(total_tokens=128 * 60, checkpoint_every=0, log_every=5), tmp_path)
+    t.run(sample=DATA.shard(0))
+    assert t.dead_window == 128 * 3
+    assert any(h["topk.dead"] > 0.2 for h in t.history)
+    # AuxK pulled the dead latents' encoder biases up and revived some
+    assert float(t.coders["topk"].b_enc[:32].detach().mean()) > -3.0 + 0.05
+    assert t.history[-1]["topk.dead"] < max(h["topk.dead"] for h in t.history)
+
+
+def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
+    def bad(i):
+        r = DATA.shard(i)
+        if i == 3:
+            r.x[5, 0] = float("nan")
+        return r
+
+    t = Trainer({"relu": _coders()["relu"]}, ShardLoader(bad, 6, 128, buffer_shards=1), _cfg(checkpoint_every=2), tmp_path)
+    with pytest.raises(NonFiniteLoss, match="last good checkpoint is .*latest.json"):
+        t.run(sample=DATA.shard(0))
+    info = json.loads((tmp_path / "checkpoints/latest.json").read_text())
+    from safetensors.torch import load_file
+
+    w = load_file(str(tmp_path / "checkpoints" / info["file"]))
+    assert all(torch.isfinite(v.float()).all() for v in w.values())
+
+
+def test_batchtopk_exports_as_jumprelu_with_same_l0_and_fvu(tmp_path):
+    data = ToyData(d=16, n_features=48, shard_tokens=1024, seed=3)
+    c = make_coder(config_class("batchtopk")(d_in=16, d_sae=64, k=4, seed=0))
+    t = Trainer({"b": c}, ShardLoader(data.shard, 8, 256), _cfg(total_tokens=256 * 150, batch_size=256, checkpoint_every=0), tmp_path)
+    t.run(sample=data.shard(0))
+    held = data.shard(99)
+    coder = t.coders["b"]
+    s = coder.in_scale
+    x = held.x * s
+    with torch.no_grad():
+        from circuitlab.sparse.base import LossContext
+
+        f_train, _, _ = coder.train_forward(x, LossContext())
+        y_train = coder.decode(f_train) / s
+        j = t.export("b")
+        assert j.cfg.arch == "jumprelu"
+        f_inf = j.encode(held.x)
+        y_inf = j(held.x)
+    l0_train = (f_train > 0).sum(-1).float().mean()
+    l0_inf = (f_inf > 0).sum(-1).float().mean()
+    assert abs(l0_inf - l0_train) <= 0.1 * l0_train, (l0_train, l0_inf)
+    assert abs(fvu(held.x, y_inf) - fvu(held.x, y_train)) <= 0.01
+
+
+SCRIPT = textwrap.dedent("""
+    import json, os, sys, torch
+    torch.set_num_threads(1)
+    from circuitlab.sparse.dist import init_comm
+    from circuitlab.sparse.synthetic import ToyData
+    from circuitlab.sparse.store import ShardLoader
+    from circuitlab.sparse.trainer import Trainer, TrainConfig
+    from circuitlab.sparse.base import make_coder, config_class
+    out = sys.argv[1]
+    comm = init_comm()
+    data = ToyData(d=16, n_features=48, shard_tokens=512)
+    seen = []
+    def shard(i):
+        seen.append(i)
+        return data.shard(i)
+    coders = {"topk": make_coder(config_class("topk")(d_in=16, d_sae=64, k=4, aux_k=8, seed=1)),
+              "batchtopk": make_coder(config_class("batchtopk")(d_in=16, d_sae=64, k=4, seed=2))}
+    loader = ShardLoader(shard, 8, 128, seed=5, parts=2, rank=comm.rank, world=comm.world, buffer_shards=2)
+    cfg = TrainConfig(total_tokens=128 * 30, batch_size=128, lr=3e-3, progress=False, checkpoint_every=0,
+                      dead_window_tokens=128 * 3)
+    t = Trainer(coders, loader, cfg, out, comm)
+    t.run(sample=data.shard(0))
+    from safetensors.torch import save_file
+    tensors = {f"{n}.{k}": v.contiguous() for n, c in coders.items() for k, v in c.state_dict().items()}
+    tensors.update({f"{n}.fired": t.fire_count[n] for n in coders})
+    save_file(tensors, os.path.join(out, f"final_rank{comm.rank}.safetensors"))
+    json.dump(sorted(set(seen)), open(os.path.join(out, f"shards_rank{comm.rank}.json"), "w"))
+    json.dump(loader.parts, open(os.path.join(out, f"parts_rank{comm.rank}.json"), "w"))
+""")
+
+
+def test_two_process_training_matches_single_process(tmp_path):
+    script = tmp_path / "dp.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    for mode, cmd in (("dp", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                              "--master_port", "29531", str(script), str(tmp_path / "dp")]),
+                      ("single", [sys.executable, str(script), str(tmp_path / "single")])):
+        (tmp_path / mode).mkdir()
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    single = load_file(str(tmp_path / "single/final_rank0.safetensors"))
+    for rank in (0, 1):
+        dp = load_file(str(tmp_path / f"dp/final_rank{rank}.safetensors"))
+        for k, v in single.items():
+            assert torch.allclose(v.double(), dp[k].double(), atol=2e-5, rtol=1e-4), k
+    parts = [json.loads((tmp_path / f"dp/parts_rank{r}.json").read_text()) for r in (0, 1)]
+    assert parts == [[0], [1]]
+    shards = [set(json.loads((tmp_path / f"dp/shards_rank{r}.json").read_text())) for r in (0, 1)]
+    assert shards[0] and shards[1] and not (shards[0] & shards[1]), shards
+    assert all(i % 2 == 0 for i in shards[0]) and all(i % 2 == 1 for i in shards[1])
