@@ -1,0 +1,49 @@
+"""Worked example: scaling one head's value vectors shifts a factual-recall answer.
+
+After "Characterizing Mechanisms for Factual Recall in Language Models" (Yu, Merullo & Pavlick
+2023), which scales the value vectors of selected heads to move a model between answers. Here the
+head is the one whose direct logit attribution to (answer - wrong) is largest on the clean
+prompts (or the one given); its value vectors are multiplied by each scale, and we report the
+mean logit difference, how often the answer beats the wrong token, and one greedy continuation.
+Runs on any model and task; with the zoo GPT-2 use ``cl.tasks.capitals(model)``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from circuitlab.engine.interventions import Intervention, generate, score
+from circuitlab.engine.sites import Node
+
+
+def strongest_head(model, task) -> tuple[int, int]:
+    """(layer, head) with the largest direct logit attribution on the clean prompts."""
+    import circuitlab as cl
+
+    r = cl.dla(model, task, by="head")
+    flat = int(r.values.flatten().argmax())
+    return divmod(flat, model.n_heads)
+
+
+def value_scaling(model, task, layer: Optional[int] = None, head: Optional[int] = None,
+                  scales: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0), new_tokens: int = 3) -> dict:
+    """Metric, answer-over-wrong accuracy and a greedy continuation for each value scale."""
+    if layer is None or head is None:
+        layer, head = strongest_head(model, task)
+    kv = head // (model.n_heads // model.heads_in("v"))  # the key/value head this query head reads
+    node = Node(layer, "v", head=kv)
+    rows = []
+    b = torch.arange(len(task), device=task.clean_tokens.device)
+    first = task.clean_tokens[0, : int(task.lengths[0])]
+    for s in scales:
+        iv = [Intervention(node, "scale", float(s))]
+        pp = score(model, task.clean_tokens, task.metric, iv)
+        out = generate(model, first, new_tokens, iv)
+        rows.append({"scale": float(s), "metric": float(task.metric.reduce(pp[None])[0]),
+                     "answer_wins": float((pp > 0).float().mean()),
+                     "continuation": model.tokenizer.decode(out[len(first):].tolist())})
+    del b
+    return {"layer": layer, "head": head, "value_head": str(node), "prompt": model.tokenizer.decode(first.tolist()),
+            "rows": rows}
