@@ -35,15 +35,21 @@ def value_scaling(model, task, layer: Optional[int] = None, head: Optional[int] 
     kv = head // (model.n_heads // model.heads_in("v"))  # the key/value head this query head reads
     node = Node(layer, "v", head=kv)
     rows = []
-    b = torch.arange(len(task), device=task.clean_tokens.device)
     first = task.clean_tokens[0, : int(task.lengths[0])]
     for s in scales:
         iv = [Intervention(node, "scale", float(s))]
         pp = score(model, task.clean_tokens, task.metric, iv)
         out = generate(model, first, new_tokens, iv)
         rows.append({"scale": float(s), "metric": float(task.metric.reduce(pp[None])[0]),
-                     "answer_wins": float((pp > 0).float().mean()),
+                     "answer_wins": _wins(model, task, iv),
                      "continuation": model.tokenizer.decode(out[len(first):].tolist())})
-    del b
     return {"layer": layer, "head": head, "value_head": str(node), "prompt": model.tokenizer.decode(first.tolist()),
             "rows": rows}
+
+
+def _wins(model, task, interventions) -> float:
+    """Fraction of prompts whose answer logit beats the wrong token's under the interventions."""
+    from circuitlab.tasks.metrics import logit_diff
+
+    ld = logit_diff(task.answer_pos, task.answer_ids, task.wrong_ids)
+    return float((score(model, task.clean_tokens, ld, interventions) > 0).float().mean())
