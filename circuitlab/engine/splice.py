@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -56,11 +56,14 @@ def _sites(coder) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def splice(model, coders: Sequence, error: bool | Sequence[bool] = False) -> Iterator[Spliced]:
+def splice(model, coders: Sequence, error: bool | Sequence[bool] = False,
+           passthrough: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Iterator[Spliced]:
     """Replace each coder's output site by its reconstruction for the ``with`` block.
 
     Coders read ``cfg.hooks_in[0]`` and write ``cfg.hooks_out[0]`` (the same site for SAEs).
-    ``error`` (one flag, or one per coder) adds the reconstruction error back."""
+    ``error`` (one flag, or one per coder) adds the reconstruction error back.
+    ``passthrough(x) -> [batch, pos] bool`` marks tokens whose original activation is kept
+    (those a coder never saw in training: BOS, very high norm), given the coder's input x."""
     from transformer_lens.hook_points import HookPoint
 
     coders = list(coders)
@@ -83,11 +86,11 @@ def splice(model, coders: Sequence, error: bool | Sequence[bool] = False) -> Ite
         hp.name = name
         points[name] = hp
         if hin == hout:
-            forward.append((hout, _replace(coder, hp, err, None)))
+            forward.append((hout, _replace(coder, hp, err, None, passthrough)))
         else:
             box: dict[str, torch.Tensor] = {}
             forward.append((hin, _keep(box)))
-            forward.append((hout, _replace(coder, hp, err, box)))
+            forward.append((hout, _replace(coder, hp, err, box, passthrough)))
     registry.update(points)
     try:
         with scoped_hooks(bridge, forward):
@@ -105,7 +108,7 @@ def _keep(box: dict):
     return fn
 
 
-def _replace(coder, hp, error: bool, box):
+def _replace(coder, hp, error: bool, box, passthrough):
     def fn(act: torch.Tensor):
         x = act if box is None else box.pop("x")
         dt = coder.W_dec.dtype
@@ -115,8 +118,12 @@ def _replace(coder, hp, error: bool, box):
         y = coder.decode(f2, xc)
         if error:
             # act + (decode(f2) - decode(f)): exactly ``act`` while no latent is changed
-            return act + (y - coder.decode(f, xc)).to(act.dtype)
-        return y.to(act.dtype)
+            out = act + (y - coder.decode(f, xc)).to(act.dtype)
+        else:
+            out = y.to(act.dtype)
+        if passthrough is not None:
+            out = torch.where(passthrough(x)[..., None], act, out)
+        return out
 
     fn.__name__ = f"splice_{hp.name}"
     return fn
