@@ -1,0 +1,75 @@
+"""``circuitlab train CONFIG.toml`` and ``circuitlab eval PATH``: the sparse-coder commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TRAIN_EPILOG = """examples:
+  circuitlab train saes/configs/gpt2-zoo-resid.toml
+  circuitlab train --show-config > my.toml       # every field, documented, with defaults
+  torchrun --nproc_per_node 2 -m circuitlab.cli train my.toml   # data parallel (gloo on CPU)
+"""
+
+EVAL_EPILOG = """examples:
+  circuitlab eval runs/sparse/sae_topkk32_L2            # a coder folder (SAE Lens layout)
+  circuitlab eval path/to/sae_lens_sae --model gpt2-zoo --docs 256 --out metrics.json
+"""
+
+
+def cmd_train(a) -> None:
+    from circuitlab.sparse import config
+    from circuitlab.sparse.run import train_file
+
+    if a.show_config:
+        print(config.example_toml(), end="")
+        return
+    if not a.config:
+        raise ValueError("give a CONFIG.toml (or --show-config for a documented template)")
+    tf = config.load(a.config)
+    if a.out:
+        tf.run.out = a.out
+    results = train_file(tf)
+    for name, m in results.items():
+        keys = ("l0", "fvu", "ce_recovered", "dead_fraction", "train_tokens_per_s")
+        print(name + ": " + ", ".join(f"{k}={m[k]:.4g}" for k in keys if isinstance(m.get(k), (int, float))))
+    if results:
+        print(f"wrote {tf.run.out}/")
+
+
+def cmd_eval(a) -> None:
+    import circuitlab as cl
+    from circuitlab.sparse.evaluate import density_histogram, evaluate, save_metrics
+    from circuitlab.sparse.files import load_coder
+
+    path = Path(a.path)
+    coder = load_coder(path)
+    names = [a.model] if a.model else list(dict.fromkeys(coder.cfg.models))
+    if not names or not names[0]:
+        raise ValueError("the coder's cfg.json names no model; pass --model NAME_OR_PATH")
+    models = [cl.load(n) for n in names]
+    m = evaluate(models, coder, n_docs=a.docs, ctx_len=a.ctx_len)
+    dens = m.pop("_density")
+    out = Path(a.out) if a.out else path / "metrics.json"
+    save_metrics(m, out)
+    density_histogram(dens, path.name).write_html(out.with_suffix(".density.html"))
+    for k, v in m.items():
+        print(f"{k:>22}: {v:.6g}" if isinstance(v, float) else f"{k:>22}: {v}")
+    print(f"wrote {out}")
+
+
+def add_parser(subparsers, formatter_class) -> None:
+    p = subparsers.add_parser("train", help="train sparse coders (SAE, transcoder, crosscoder) from a TOML file",
+                              epilog=TRAIN_EPILOG, formatter_class=formatter_class)
+    p.add_argument("config", nargs="?", help="TOML file ([run], [train], [[coder]] sections)")
+    p.add_argument("--out", help="override run.out")
+    p.add_argument("--show-config", action="store_true", help="print a template with every field documented")
+    p.set_defaults(fn=cmd_train)
+    e = subparsers.add_parser("eval", help="evaluate a coder folder: L0, FVU, CE recovered, KL, dead/dense",
+                              epilog=EVAL_EPILOG, formatter_class=formatter_class)
+    e.add_argument("path", help="coder folder (cfg.json + sae_weights.safetensors)")
+    e.add_argument("--model", help="model to splice into (default: the one in cfg.json)")
+    e.add_argument("--docs", type=int, default=128, help="held-out documents (default 128)")
+    e.add_argument("--ctx-len", type=int, default=64, help="tokens per document (default 64)")
+    e.add_argument("--out", help="metrics JSON path (default PATH/metrics.json)")
+    e.set_defaults(fn=cmd_eval)
+

@@ -1,0 +1,246 @@
+"""The TOML file behind ``circuitlab train``: sections, every field documented, strict keys.
+
+Why strict: a misspelt key (``l1_coef``) silently falling back to a default wastes a training
+run, so unknown keys are an error that names the nearest valid key. Field documentation is
+read from the dataclasses' attribute docstrings, so ``circuitlab train --show-config`` and the
+code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any
+
+from circuitlab.sparse.base import CoderConfig, config_class
+from circuitlab.sparse.trainer import TrainConfig
+
+
+@dataclass
+class RunConfig:
+    """[run]: where activations come from and where results go."""
+
+    out: str = "runs/sparse"
+    """Output folder: checkpoints/, one SAE Lens folder per coder, metrics."""
+    model: str = "gpt2-zoo"
+    """Default model (zoo name, folder or hub id) for coders that name none."""
+    ctx_len: int = 64
+    """Tokens per document (longer documents are truncated)."""
+    corpus_seed: int = 0
+    """Seed of the zoo training corpus (circuitlab.zoo.corpus.training_documents)."""
+    shard_tokens: int = 16384
+    """Activation rows per shard (the unit of caching, shuffling and data parallelism)."""
+    docs_per_batch: int = 64
+    """Documents per model forward pass when gathering activations."""
+    buffer_shards: int = 4
+    """Shards shuffled together (the shuffle buffer)."""
+    cache_dir: str = ""
+    """Folder for an on-disk activation cache reused across runs ("" = gather on the fly)."""
+    exclude_bos: bool = True
+    """Exclude position 0 in training and evaluation."""
+    exclude_special_tokens: bool = True
+    """Exclude the tokenizer's special tokens (pad, eos, ...) in training and evaluation."""
+    exclude_norm_factor: float = 10.0
+    """Exclude tokens with norm above this many times the median (0 disables)."""
+    threads: int = 2
+    """torch CPU threads per process."""
+    device: str = "cpu"
+    """Device for the model and coders (cuda under torchrun uses the local rank)."""
+    evaluate: bool = True
+    """Evaluate each coder on held-out documents after training."""
+    eval_docs: int = 128
+    """Held-out documents for evaluation."""
+    seed: int = 0
+    """Loader shuffling seed."""
+
+
+@dataclass
+class CoderSection:
+    """[[coder]]: one coder; coders with the same sites share one activation stream."""
+
+    name: str = ""
+    """Folder name of the coder under run.out (default: kind_arch_layer)."""
+    kind: str = "sae"
+    """sae (reconstruct a site), transcoder (MLP input -> MLP output) or crosscoder."""
+    arch: str = "topk"
+    """Architecture: relu, topk, batchtopk, jumprelu."""
+    layer: int = 0
+    """Layer of the site (sae, transcoder, and crosscoders across models/checkpoints)."""
+    layers: list = field(default_factory=list)
+    """Crosscoder across layers: one source per layer."""
+    hook: str = ""
+    """Site hook template, {layer} is substituted (default: blocks.{layer}.hook_resid_post)."""
+    models: list = field(default_factory=list)
+    """Crosscoder across models or checkpoints: one model folder per source."""
+    expansion: int = 8
+    """d_sae = expansion * d_model (ignored when d_sae is set)."""
+    d_sae: int = 0
+    """Number of latents (0: use expansion)."""
+
+
+SECTIONS = {"run": RunConfig, "train": TrainConfig}
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Attribute docstrings of a dataclass (and its bases), by field name."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr) \
+                    and isinstance(getattr(b, "value", None), ast.Constant) and isinstance(b.value.value, str):
+                docs[a.target.id] = " ".join(b.value.value.split())
+    return docs
+
+
+def _check_keys(where: str, given: dict, valid: list[str]) -> None:
+    for k in given:
+        if k not in valid:
+            near = difflib.get_close_matches(k, valid, n=1, cutoff=0.0)
+            raise ValueError(f"unknown key {k!r} in {where}; did you mean {near[0]!r}? "
+                             f"(valid keys: {', '.join(sorted(valid))})")
+
+
+AUTO_FIELDS = {"arch", "d_in", "d_sae", "n_sources", "d_out", "n_targets", "hooks_in", "hooks_out", "models",
+               "exclude_bos", "exclude_token_ids", "exclude_norm_above"}
+"""Coder-config fields filled from the [[coder]] section and the model, not set by hand."""
+
+
+def coder_keys(arch: str) -> list[str]:
+    cls = config_class(arch)
+    return [f.name for f in dataclasses.fields(CoderSection)] + \
+        [f.name for f in dataclasses.fields(cls) if f.name not in AUTO_FIELDS]
+
+
+@dataclass
+class TrainFile:
+    """A parsed training file."""
+
+    run: RunConfig
+    train: TrainConfig
+    coders: list[tuple[CoderSection, dict]]
+    """Each coder's section and its architecture fields (k, l1_coeff, ...)."""
+
+
+def parse(data: dict) -> TrainFile:
+    """Validate a loaded TOML dict (unknown keys name the nearest valid key)."""
+    _check_keys("the top level", data, ["run", "train", "coder"])
+    secs = {}
+    for name, cls in SECTIONS.items():
+        d = dict(data.get(name, {}))
+        _check_keys(f"[{name}]", d, [f.name for f in dataclasses.fields(cls)])
+        secs[name] = cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+    coders = []
+    raw = data.get("coder", [])
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not raw:
+        raise ValueError("the file defines no coder: add at least one [[coder]] section")
+    for i, c in enumerate(raw):
+        arch = c.get("arch", "topk")
+        config_class(arch)  # validates the name
+        _check_keys(f"[[coder]] #{i + 1} ({arch})", c, coder_keys(arch))
+        sec_names = {f.name for f in dataclasses.fields(CoderSection)}
+        sec = CoderSection(**{k: v for k, v in c.items() if k in sec_names})
+        if sec.kind not in ("sae", "transcoder", "crosscoder"):
+            raise ValueError(f"[[coder]] #{i + 1}: kind must be sae, transcoder or crosscoder, not {sec.kind!r}")
+        coders.append((sec, {k: v for k, v in c.items() if k not in sec_names}))
+    return TrainFile(secs["run"], secs["train"], coders)
+
+
+def load(path) -> TrainFile:
+    import tomllib
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such config file: {p}")
+    with open(p, "rb") as f:
+        return parse(tomllib.load(f))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return '"none"'
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return repr(v)
+
+
+def example_toml() -> str:
+    """A complete, commented config: every field with its default and documentation."""
+    out = ["# circuitlab train CONFIG.toml -- every field, its default, and what it does.",
+           "# Fields left out take these defaults; unknown keys are an error.", ""]
+    for name, cls in SECTIONS.items():
+        docs = field_docs(cls)
+        out.append(f"[{name}]")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            line = f"{f.name} = {_fmt(default)}" if default is not None else f"# {f.name} = (unset)"
+            out.append(f"{line:<40} # {docs.get(f.name, '')}")
+        out.append("")
+    out.append("[[coder]]  # repeat for more coders (an L0 sweep: same sites, different k)")
+    docs = field_docs(CoderSection)
+    for f in dataclasses.fields(CoderSection):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.append(f"{f.name + ' = ' + _fmt(default):<40} # {docs.get(f.name, '')}")
+    from circuitlab.sparse.base import ARCHITECTURES, _load_all
+
+    _load_all()
+    for arch in sorted(ARCHITECTURES):
+        cls = config_class(arch)
+        docs = field_docs(cls)
+        out.append(f"# fields of arch = \"{arch}\":")
+        for f in dataclasses.fields(cls):
+            if f.name in AUTO_FIELDS:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else None
+            out.append(f"#   {f.name + ' = ' + _fmt(default):<36} # {docs.get(f.name, '')}")
+    return "\n".join(out) + "\n"
+
+
+def coder_config(sec: CoderSection, fields: dict, d_model: int, default_model: str) -> CoderConfig:
+    """The coder config a [[coder]] section describes, for a model of width d_model."""
+    d_sae = sec.d_sae or sec.expansion * d_model
+    cls = config_class(sec.arch)
+    if sec.kind == "sae":
+        hook = (sec.hook or "blocks.{layer}.hook_resid_post").format(layer=sec.layer)
+        models = tuple(sec.models) or (default_model,)
+        return cls(d_in=d_model, d_sae=d_sae, hooks_in=(hook,), models=models[:1], **fields)
+    if sec.kind == "transcoder":
+        fields = {"skip": True, **fields}
+        hin = (sec.hook or "blocks.{layer}.hook_resid_mid").format(layer=sec.layer)
+        return cls(d_in=d_model, d_sae=d_sae, d_out=d_model, hooks_in=(hin,),
+                   hooks_out=(f"blocks.{sec.layer}.hook_mlp_out",), models=(tuple(sec.models) or (default_model,))[:1],
+                   **fields)
+    hook = sec.hook or "blocks.{layer}.hook_resid_post"
+    if sec.layers:
+        hooks = tuple(hook.format(layer=l) for l in sec.layers)
+        models = (tuple(sec.models) or (default_model,))[:1]
+    elif sec.models:
+        hooks = (hook.format(layer=sec.layer),) * len(sec.models)
+        models = tuple(sec.models)
+    else:
+        raise ValueError("a crosscoder needs layers = [...] or models = [...] (one source each)")
+    return cls(d_in=d_model, d_sae=d_sae, n_sources=len(hooks), hooks_in=hooks, models=models, **fields)
+
+
+def default_name(sec: CoderSection, cfg: CoderConfig) -> str:
+    where = f"L{sec.layer}" if not sec.layers else "L" + "-".join(map(str, sec.layers))
+    extra = f"k{cfg.k}" if hasattr(cfg, "k") else ""
+    return sec.name or f"{sec.kind}_{sec.arch}{extra}_{where}"
+

@@ -1,0 +1,111 @@
+"""Running a training file end to end: models -> activation shards -> coders -> files -> evals.
+
+Coders whose sites and models match share one activation stream (an L0 sweep costs one set of
+forward passes); groups run one after another. Under torchrun every rank gathers or reads only
+its own shards, and rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from circuitlab.result import atomic_write
+from circuitlab.sparse.base import make_coder
+from circuitlab.sparse.config import TrainFile, coder_config, default_name
+from circuitlab.sparse.dist import init_comm
+from circuitlab.sparse.store import (
+    ActivationCache, ActivationSource, Exclusion, ShardLoader, ShardPlan, SourceSpec, documents, make_shard,
+)
+from circuitlab.sparse.trainer import Trainer
+
+
+def _load(name: str, device: str):
+    import circuitlab as cl
+
+    return cl.load(name, device=device)
+
+
+def train_file(tf: TrainFile, models: Optional[dict] = None) -> dict[str, dict]:
+    """Train every coder of ``tf``; return {coder name: metrics}. ``models`` ({name: Model})
+    skips loading (tests pass tiny models)."""
+    run = tf.run
+    torch.set_num_threads(run.threads)
+    comm = init_comm()
+    device = run.device
+    if device == "cuda" and comm.world > 1:
+        device = f"cuda:{torch.cuda.current_device()}"
+    models = dict(models or {})
+
+    def model(name):
+        if name not in models:
+            models[name] = _load(name, device)
+        return models[name]
+
+    out = Path(run.out)
+    d_model = model(run.model).d_model
+    groups: dict[tuple, list] = {}
+    for sec, fields in tf.coders:
+        cfg = coder_config(sec, fields, d_model, run.model)
+        key = (cfg.hooks_in, cfg.hooks_out, cfg.models)
+        groups.setdefault(key, []).append((default_name(sec, cfg), cfg))
+    results = {}
+    for gi, ((hooks_in, hooks_out, names), members) in enumerate(groups.items()):
+        ms = [model(n) for n in dict.fromkeys(names)]
+        tok = ms[0].tokenizer
+        special = tuple(sorted(set(tok.all_special_ids))) if run.exclude_special_tokens else ()
+        ex = Exclusion(run.exclude_bos, special, None)
+        spec = SourceSpec.of(members[0][1])
+        src = ActivationSource(ms, spec, ex, run.ctx_len)
+        if run.exclude_norm_factor > 0:
+            ex.norm_above = src.calibrate(documents(run.corpus_seed * 7 + 12345, run.docs_per_batch),
+                                          run.exclude_norm_factor)
+        plan = ShardPlan(run.corpus_seed, run.shard_tokens, run.docs_per_batch)
+        n_shards = max(comm.world, math.ceil(tf.train.total_tokens / run.shard_tokens))
+        if run.cache_dir:
+            key_s = hashlib.sha1(json.dumps([hooks_in, hooks_out, names]).encode()).hexdigest()[:12]
+            cache = ActivationCache(Path(run.cache_dir) / f"acts_{key_s}")
+            if comm.rank == 0:
+                cache.build(src, plan, n_shards, meta={"models": list(names)}, progress=True)
+            if comm.world > 1:
+                import torch.distributed as dist
+
+                dist.barrier()
+            shard_fn = cache.read
+        else:
+            shard_fn = lambda i: make_shard(src, plan, i)  # noqa: E731
+        coders = {}
+        for name, cfg in members:
+            cfg.exclude_bos, cfg.exclude_token_ids, cfg.exclude_norm_above = ex.bos, ex.token_ids, ex.norm_above
+            coders[name] = make_coder(cfg).to(device)
+        loader = ShardLoader(shard_fn, n_shards, tf.train.batch_size, run.seed, parts=comm.world,
+                             rank=comm.rank, world=comm.world, buffer_shards=run.buffer_shards)
+        sample = shard_fn(0)
+        sample = sample.index(torch.arange(min(len(sample), tf.train.init_tokens)))
+        trainer = Trainer(coders, loader, tf.train, out / f"group{gi}", comm)
+        trainer.run(sample=sample)
+        if comm.rank != 0:
+            continue
+        from circuitlab.sparse.evaluate import density_histogram, evaluate, save_metrics
+        from circuitlab.sparse.files import save_coder
+
+        for name in coders:
+            coder = trainer.export(name)
+            folder = save_coder(coder, out / name, meta={"train_tokens": trainer.tokens_seen,
+                                                         "train_seconds": getattr(trainer, "elapsed", None)})
+            m = {"train_tokens_per_s": trainer.tokens_seen / max(1e-9, getattr(trainer, "elapsed", 1e-9))}
+            if run.evaluate:
+                m.update(evaluate(ms, coder.to(device), n_docs=run.eval_docs, ctx_len=run.ctx_len))
+                dens = m.pop("_density")
+                atomic_write(folder / "density.html", lambda t, d=dens, n=name: density_histogram(d, n).write_html(t))
+                m["density_file"] = "density.html"
+            save_metrics(m, folder / "metrics.json")
+            results[name] = m
+    if comm.rank == 0:
+        atomic_write(out / "summary.json", lambda t: Path(t).write_text(json.dumps(results, indent=1)))
+    return results
