@@ -128,3 +128,18 @@ def test_latent_patching(gpt2):
     gu = g[rows, pos] @ sae.W_dec[u].detach()
     ref_atp = float(((fs[rows, pos, u] - fb[rows, pos, u]) * gu).sum())
     assert abs(float(at.values[0, 0, 1]) - ref_atp) < 1e-4 * max(1, abs(ref_atp))
+
+
+def test_dashboard_cards(gpt2, tmp_path):
+    from circuitlab.sparse.dashboard import latent_cards, save_dashboard
+
+    sae = _sae(gpt2, layer=2)
+    cards = latent_cards(gpt2, sae, [0, 3], docs=DOCS, ctx_len=16)
+    assert len(cards) == 2
+    c = cards[0]
+    assert len(c.promoted) == 10 and c.promoted[0][1] >= c.promoted[-1][1]
+    if c.top_contexts:
+        ctx = c.top_contexts[0]
+        assert abs(ctx.activation - c.max_activation) < 1e-6 and 0 <= ctx.index < len(ctx.tokens)
+    save_dashboard(cards, tmp_path / "d.html")
+    assert "latent 0" in (tmp_path / "d.html").read_text()
