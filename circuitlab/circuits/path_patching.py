@@ -4,9 +4,9 @@ Patching edge u -> v gives v's input its base value plus (u(x_source) - u(x_base
 component keeps computing from its own inputs, so the change flows on from v to the metric
 (Wang et al. 2022's path patching with the receiver set {v}). A patch may hold several edges
 (e.g. one sender into every query of a layer); edges into the same receiver add before its
-norm. Everything upstream of the receivers is the base run, so the corrected receiver
-activations are computed before the run, and K patches share one forward pass that restarts at
-their earliest receiver layer. Patches whose only receiver is the logits need no forward pass.
+norm. Each receiver's new input is its norm applied to the live residual plus the change
+(projected per head for q/k/v), so a patch spanning several layers stays exact. K patches share
+one forward pass that restarts at their earliest receiver layer (upstream is the base run). Patches whose only receiver is the logits need no forward pass.
 """
 
 from __future__ import annotations
@@ -62,29 +62,50 @@ class _Setup:
             out[j] = out[j] + d if j in out else d
         return out
 
-    def correction(self, j: int, d: torch.Tensor) -> tuple[str, Optional[int], torch.Tensor]:
-        """(hook name, head or None, additive change of that hook's activation)."""
-        r = self.graph.receivers[j]
-        l, R = r.layer, self.readers
-        if r.kind == "logits":
-            return "ln_final.hook_in", None, d
-        if r.kind == "mlp":
-            return f"blocks.{l}.mlp.hook_in", None, input_change(R.mlp_norm[l], self.resid[R.mlp_resid(l)], d[:, :, None])[:, :, 0]
-        x = input_change(R.attn_norm[l], self.resid[f"blocks.{l}.hook_resid_pre"], d[:, :, None])[:, :, 0]
-        return f"blocks.{l}.attn.hook_{r.kind}", r.head, project(R, l, r.kind, r.head, x)
+    def hooks(self, entries: list[tuple[int, int, torch.Tensor]], K: int):
+        """Hooks for one pass of K patches: ``entries`` (row block, receiver, summed change).
 
+        Each receiver's new input is computed from the *live* residual of this pass, so a patch
+        whose edges reach receivers in several layers stays exact (an earlier receiver's change
+        flows into the later receiver's residual before the later edge's change is added)."""
+        B = self.base.shape[0]
+        R, g = self.readers, self.graph
+        live: dict[str, torch.Tensor] = {}
+        by_hook: dict[str, list] = {}
+        for k, j, d in entries:
+            r = g.receivers[j]
+            name = ("ln_final.hook_in" if r.kind == "logits" else f"blocks.{r.layer}.mlp.hook_in" if r.kind == "mlp"
+                    else f"blocks.{r.layer}.attn.hook_{r.kind}")
+            by_hook.setdefault(name, []).append((k, r, d))
 
-def _add_hook(entries: list[tuple[int, Optional[int], torch.Tensor]], K: int, B: int):
-    def fn(act: torch.Tensor):
-        a = act.view(K, B, *act.shape[1:]).clone()
-        for k, head, val in entries:
-            if head is None:
-                a[k] += val.to(a.dtype)
-            else:
-                a[k, :, :, head] += val.to(a.dtype)
-        return a.view(act.shape)
+        def record(name):
+            def fn(x):
+                live[name] = x.view(K, B, *x.shape[1:])
+            return fn
 
-    return fn
+        def apply(entries_here):
+            def fn(act):
+                a = act.view(K, B, *act.shape[1:]).clone()
+                for k, r, d in entries_here:
+                    if r.kind == "logits":
+                        a[k] += d.to(a.dtype)
+                    elif r.kind == "mlp":
+                        resid = live[R.mlp_resid(r.layer)][k]
+                        a[k] += input_change(R.mlp_norm[r.layer], resid, d[:, :, None].to(a.dtype))[:, :, 0]
+                    else:
+                        resid = live[f"blocks.{r.layer}.hook_resid_pre"][k]
+                        x = input_change(R.attn_norm[r.layer], resid, d[:, :, None].to(a.dtype))[:, :, 0]
+                        a[k, :, :, r.head] += project(R, r.layer, r.kind, r.head, x)
+                return a.view(act.shape)
+            return fn
+
+        layers = sorted({r.layer for e in by_hook.values() for _, r, _ in e if r.kind != "logits"})
+        hooks = []
+        for l in layers:
+            hooks.append((f"blocks.{l}.hook_resid_pre", record(f"blocks.{l}.hook_resid_pre")))
+            if R.mlp_resid(l) != f"blocks.{l}.hook_resid_pre":
+                hooks.append((R.mlp_resid(l), record(R.mlp_resid(l))))
+        return hooks + [(name, apply(e)) for name, e in by_hook.items()]
 
 
 def patch_edges(model, task, patches: Sequence[Sequence[Edge] | Edge], direction: str = "denoising",
@@ -116,12 +137,9 @@ def patch_edges(model, task, patches: Sequence[Sequence[Edge] | Edge], direction
     chunks = [rest[a : a + K] for a in range(0, len(rest), K)]
     for chunk in tqdm(chunks, desc="edge patching", disable=not progress, leave=False):
         k = len(chunk)
-        by_hook: dict[str, list] = {}
-        for row, i in enumerate(chunk):
-            for j, d in S.receiver_delta(patches[i], positions[i]).items():
-                name, head, val = S.correction(j, d)
-                by_hook.setdefault(name, []).append((row, head, val))
-        hooks = [(name, _add_hook(e, k, B)) for name, e in by_hook.items()]
+        entries = [(row, j, d) for row, i in enumerate(chunk)
+                   for j, d in S.receiver_delta(patches[i], positions[i]).items()]
+        hooks = S.hooks(entries, k)
         layer0 = min(layer_of[i] for i in chunk) if model.fast_restart else 0
         restart = Restart(layer0, S.resid[f"blocks.{layer0}.hook_resid_pre"].repeat(k, 1, 1)) if layer0 > 0 else None
         with torch.no_grad():
