@@ -153,6 +153,10 @@ class LossOut:
     """[batch, d_sae] latent activations used for the reconstruction."""
     y_hat: torch.Tensor
     parts: dict = field(default_factory=dict)
+    fired: Optional[torch.Tensor] = None
+    """[d_sae] tokens on which each latent fired (None: computed from ``f``)."""
+    l0: Optional[torch.Tensor] = None
+    """Mean active latents per token (None: computed from ``f``)."""
 
 
 class Comm:

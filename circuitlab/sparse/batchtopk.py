@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from circuitlab.sparse.base import LossContext, register
+from circuitlab.sparse.base import LossContext, SparseCoder, register
 from circuitlab.sparse.jumprelu import JumpReLUCoder, JumpReLUConfig
 from circuitlab.sparse.topk import TopKCoder, TopKConfig, aux_k_loss
 
@@ -59,6 +59,8 @@ class BatchTopKCoder(TopKCoder):
 
     def sparsity_loss(self, f, h, x, y, y_hat, ctx: LossContext) -> torch.Tensor:
         return self.cfg.aux_coeff * aux_k_loss(self, h, y, y_hat, ctx)
+
+    loss = SparseCoder.loss  # the per-token sparse decode of TopK does not apply (k varies per token)
 
     def observe(self, parts: dict) -> None:
         if "batch_threshold" in parts:

@@ -12,7 +12,27 @@ from typing import Optional
 
 import torch
 
-from circuitlab.sparse.base import CoderConfig, LossContext, SparseCoder, register
+from circuitlab.sparse.base import CoderConfig, LossContext, LossOut, SparseCoder, register
+
+
+class _LazyDense:
+    """Dense latents [batch, d_sae] built only if someone asks (``.dense()`` / comparisons)."""
+
+    def __init__(self, idx, vals, n):
+        self.idx, self.vals, self.n = idx, vals, n
+
+    def dense(self) -> torch.Tensor:
+        return torch.zeros(self.idx.shape[0], self.n, dtype=self.vals.dtype, device=self.vals.device).scatter(
+            -1, self.idx, self.vals)
+
+    def __gt__(self, other):
+        return self.dense() > other
+
+    def __eq__(self, other):
+        return self.dense() == other
+
+    def __getattr__(self, name):
+        return getattr(self.dense(), name)
 
 
 @dataclass
@@ -31,6 +51,12 @@ class TopKConfig(CoderConfig):
     """Unit-norm decoder rows (kept at unit norm during training)."""
 
 
+def sparse_decode(coder: SparseCoder, idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+    """sum_j vals[:, j] * W_dec[idx[:, j]] without materialising the dense latents
+    (k rows gathered per token instead of a [batch, d_sae] x [d_sae, d] matmul)."""
+    return torch.nn.functional.embedding_bag(idx, coder.W_dec, per_sample_weights=vals, mode="sum")
+
+
 def aux_k_loss(coder: SparseCoder, h: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, ctx: LossContext) -> torch.Tensor:
     """min(n_dead / k_aux, 1) * mean ||e - TopK_dead(h) @ W_dec||^2 with e = y - y_hat (detached)."""
     cfg = coder.cfg
@@ -41,9 +67,8 @@ def aux_k_loss(coder: SparseCoder, h: torch.Tensor, y: torch.Tensor, y_hat: torc
     kk = min(k_aux, n_dead)
     hd = torch.relu(h).masked_fill(~ctx.dead, float("-inf"))
     vals, idx = hd.topk(kk, dim=-1)
-    vals = torch.nan_to_num(vals, neginf=0.0)
     e = (y - y_hat).detach()
-    e_hat = torch.zeros(h.shape[0], coder.d_sae, device=h.device, dtype=h.dtype).scatter(-1, idx, vals) @ coder.W_dec
+    e_hat = sparse_decode(coder, idx, vals)
     scale = min(n_dead / k_aux, 1.0)
     return scale * (e_hat - e).pow(2).sum(-1).mean()
 
@@ -58,6 +83,27 @@ class TopKCoder(SparseCoder):
 
     def sparsity_loss(self, f, h, x, y, y_hat, ctx: LossContext) -> torch.Tensor:
         return self.cfg.aux_coeff * aux_k_loss(self, h, y, y_hat, ctx)
+
+    def loss(self, x, y=None, ctx=None) -> LossOut:
+        """Same loss as the base class, decoded sparsely: only the k active rows of W_dec are
+        read and receive gradient (the dense [batch, d_sae] latents are built lazily)."""
+        ctx = ctx or LossContext()
+        x = self.flat_in(x)
+        y = x if y is None else self.flat_in(y)
+        h = self.pre(x)
+        vals, idx = h.topk(self.cfg.k, dim=-1, sorted=False)
+        vals = torch.relu(vals)
+        y_hat = sparse_decode(self, idx, vals) + self.b_dec
+        if self.W_skip is not None:
+            y_hat = y_hat + x @ self.W_skip
+        recon = (y_hat - y).pow(2).sum(-1).mean()
+        sp = self.sparsity_loss(None, h, x, y, y_hat, ctx)
+        with torch.no_grad():
+            on = vals > 0
+            fired = torch.zeros(self.d_sae, dtype=torch.long, device=x.device).index_add_(
+                0, idx[on], torch.ones_like(idx[on]))
+            l0 = on.sum(-1).float().mean()
+        return LossOut(recon + sp, recon, sp, _LazyDense(idx, vals, self.d_sae), y_hat, {}, fired, l0)
 
     @torch.no_grad()
     def after_step(self) -> None:

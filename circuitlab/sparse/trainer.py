@@ -252,14 +252,14 @@ class Trainer:
             c.after_step()
             c.observe(out.parts)
             with torch.no_grad():
-                fired = (out.f > 0).sum(0)
+                fired = out.fired if out.fired is not None else (out.f > 0).sum(0)
                 if self.comm.world > 1:
                     fired = self.comm.all_reduce_sum(fired)
                 self.since_fired[n] = torch.where(fired > 0, torch.zeros_like(self.since_fired[n]),
                                                   self.since_fired[n] + global_batch)
                 self.fire_count[n] += fired.cpu()
                 yy = x if y is None else y
-                logs[n] = {"loss": float(lossv[0]), "l0": float((out.f > 0).sum(-1).float().mean()),
+                logs[n] = {"loss": float(lossv[0]), "l0": float(out.l0 if out.l0 is not None else (out.f > 0).sum(-1).float().mean()),
                            "fvu": float(fvu(yy, out.y_hat)), "dead": float(dead.float().mean())}
         self.step += 1
         self.tokens_seen += global_batch
