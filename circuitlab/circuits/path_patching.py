@@ -130,7 +130,8 @@ def patch_edges(model, task, patches: Sequence[Sequence[Edge] | Edge], direction
     logit_only = [i for i, l in enumerate(layer_of) if l >= L]
     for i in logit_only:  # no forward pass: the change reaches the final residual directly
         d = sum(S.receiver_delta(patches[i], positions[i]).values())
-        out[i] = S._metric(S.final + d).to(acc)
+        with torch.no_grad():
+            out[i] = S._metric(S.final + d).to(acc)
     rest = sorted((i for i in range(len(patches)) if layer_of[i] < L), key=lambda i: (layer_of[i], i))
     K = chunk_size_for(model, B, T, task.metric.positions.shape[1], max_patches_per_pass, None)
     passes = 0
