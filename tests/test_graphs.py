@@ -1,0 +1,167 @@
+"""Attribution graphs: exact replacement model, edges vs interventions, biases, pruning, scores, files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuitlab.engine.forward import final_logits, run_to_final
+from circuitlab.engine.hooks import count_hooks
+from circuitlab.graphs.attribute import GraphConfig, attribute
+from circuitlab.graphs.fit import FitConfig, fit_transcoders
+from circuitlab.graphs.graph import Graph
+from circuitlab.graphs.prune import prune, pruned_graph, scores, subgraph_scores
+from circuitlab.graphs.replacement import clean_run, frozen_run
+from circuitlab.graphs.transcoders import (Transcoder, TranscoderSet, as_transcoders, from_coder, load_transcoders,
+                                          save_transcoders)
+from circuitlab.graphs.verify import intervention_effects, node_target, target_nodes
+
+PROMPTS = ["when Mary and John went to the store , John gave a drink to",
+           "then Tom and Anna went to the park , Anna gave a book to",
+           "when John and Mary went to the park , Mary gave a book to"]
+PROMPT = "when Mary and John went to the store , John gave"
+
+_TC: dict = {}
+
+
+def transcoders(model, arch: str, **kw) -> TranscoderSet:
+    key = (arch, tuple(sorted(kw.items())))
+    if key not in _TC:
+        _TC[key] = fit_transcoders(model, PROMPTS, FitConfig(n_features=48, steps=120, l1=3e-3, **kw))
+    return _TC[key]
+
+
+def _sum_error(g: Graph) -> torch.Tensor:
+    rows = target_nodes(g)
+    A = g.adjacency[rows]
+    err = (A.sum(1) + g.bias[rows] - g.preact[rows]).abs()
+    scale = A.abs().sum(1) + g.bias[rows].abs()
+    return err - 1e-5 * scale  # float32 rounding of large cancelling terms (random 3x-scaled weights)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_replacement_forward_is_exact(tiny_model, arch):
+    model = tiny_model(arch)
+    before = count_hooks(model.bridge)
+    tcs = transcoders(model, arch)
+    toks = model.to_tokens(PROMPT)
+    clean = clean_run(model, tcs, toks)
+    real = final_logits(model, run_to_final(model, toks[None]))[0, -1]
+    assert torch.allclose(clean.logits, real.float(), atol=1e-4)
+    for l, tc in enumerate(tcs.layers):  # error node makes each MLP output exact
+        recon = tc.decode(clean.acts[l], clean.reads[l]) + clean.errors[l]
+        assert torch.allclose(recon, clean.mlp_out[l], atol=1e-4)
+    assert count_hooks(model.bridge) == before
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_edges_plus_bias_equal_preactivations(tiny_model, arch):
+    model = tiny_model(arch)
+    before = count_hooks(model.bridge)
+    g = attribute(model, transcoders(model, arch), PROMPT, cfg=GraphConfig(max_feature_nodes=None, batch_size=64))
+    assert g.n_features == g.meta["n_active"] > 0
+    assert (_sum_error(g) <= 1e-3).all()
+    # the bias really is "everything but the sources": a frozen run without sources agrees
+    tn = target_nodes(g)[:5]
+    clean = clean_run(model, transcoders(model, arch), g.tokens)
+    b = frozen_run(model, transcoders(model, arch), clean, [node_target(g, i) for i in tn], bias_only=True)[0]
+    assert torch.allclose(b, g.bias[tn], atol=1e-4)
+    assert count_hooks(model.bridge) == before
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_every_edge_matches_an_intervention(tiny_model, arch):
+    model = tiny_model(arch)
+    tcs = transcoders(model, arch)
+    g = attribute(model, tcs, PROMPT, cfg=GraphConfig(max_feature_nodes=24, batch_size=12))
+    assert g.n_features == 24  # the rest merged into error nodes
+    assert (_sum_error(g) <= 1e-3).all()
+    sources = list(range(g.n_features)) + list(range(g.error_start, g.logit_start))
+    measured, predicted = intervention_effects(model, tcs, g, sources)
+    assert predicted.abs().max() > 0.01
+    assert torch.allclose(measured, predicted, atol=1e-3, rtol=1e-4), (measured - predicted).abs().max()
+
+
+@pytest.mark.parametrize("kw", [dict(kind="jumprelu", threshold=0.05), dict(kind="topk", k=6), dict(skip=True),
+                                dict(read="blocks.{layer}.hook_resid_mid")])
+def test_transcoder_variants(gpt2, kw):
+    tcs = transcoders(gpt2, "gpt2", **kw)
+    g = attribute(gpt2, tcs, PROMPT, cfg=GraphConfig(max_feature_nodes=16, batch_size=16))
+    assert (_sum_error(g) <= 1e-3).all()
+    sources = list(range(0, g.n_features, 3)) + list(range(g.error_start, g.logit_start, 5))
+    measured, predicted = intervention_effects(gpt2, tcs, g, sources)
+    assert torch.allclose(measured, predicted, atol=1e-3, rtol=1e-4), (measured - predicted).abs().max()
+
+
+def test_targets_and_logit_selection(gpt2):
+    tcs = transcoders(gpt2, "gpt2")
+    g = attribute(gpt2, tcs, PROMPT, cfg=GraphConfig(max_feature_nodes=8))
+    assert 1 <= g.n_logits <= 10
+    assert float(g.logit_probs.sum()) >= 0.95 or g.n_logits == 10
+    assert torch.all(g.logit_probs[:-1] >= g.logit_probs[1:])
+    g1 = attribute(gpt2, tcs, PROMPT, target=" Mary", cfg=GraphConfig(max_feature_nodes=8))
+    assert g1.n_logits == 1 and g1.logit_strs[0].strip() == "Mary"
+    with pytest.raises(ValueError):
+        attribute(gpt2, tcs, PROMPT, target=" not a single token")
+
+
+def test_pruning_and_scores(gpt2):
+    g = attribute(gpt2, transcoders(gpt2, "gpt2"), PROMPT, cfg=GraphConfig(max_feature_nodes=None, batch_size=64))
+    full = scores(g)
+    pr = prune(g)
+    assert pr.node_mask[g.token_start:].all()  # tokens and logits always kept
+    kept = pr.kept_features(g)
+    assert 0 < len(kept) < g.n_features
+    pg = pruned_graph(g, pr)
+    sp = scores(pg, "pruned")
+    sub = subgraph_scores(g, kept[: len(kept) // 2])
+    for s in (full, sp, sub):
+        assert 0 <= s.replacement <= 1 and 0 <= s.completeness <= 1
+    assert sp.graph == "pruned" and sub.graph == "sub"
+    assert abs(subgraph_scores(g, range(g.n_features)).completeness - full.completeness) < 1e-6
+    assert (_sum_error(pg) <= 1e-3).all()  # merging keeps edges + bias exact
+    assert full.completeness >= sp.completeness - 1e-6
+    loose = prune(g, node_threshold=0.5, edge_threshold=0.9)
+    assert loose.node_mask[: g.n_features].sum() <= pr.node_mask[: g.n_features].sum()
+    assert loose.node_mask[g.token_start:].all()
+    # every kept edge joins kept nodes
+    e = pr.edge_mask
+    assert not e[~pr.node_mask].any() and not e[:, ~pr.node_mask].any()
+    with pytest.raises(ValueError):
+        prune(g, node_threshold=0)
+
+
+def test_graph_save_load(gpt2, tmp_path):
+    g = attribute(gpt2, transcoders(gpt2, "gpt2"), PROMPT, cfg=GraphConfig(max_feature_nodes=8))
+    g.save(tmp_path / "g")
+    h = Graph.load(tmp_path / "g")
+    assert torch.equal(h.adjacency, g.adjacency) and h.token_strs == g.token_strs
+    assert [h.node_id(i) for i in range(h.n_nodes)] == [g.node_id(i) for i in range(g.n_nodes)]
+    with pytest.raises(FileNotFoundError):
+        Graph.load(tmp_path / "missing")
+
+
+def test_transcoder_files_and_adapter(gpt2, tmp_path):
+    tcs = transcoders(gpt2, "gpt2", kind="jumprelu", threshold=0.05)
+    save_transcoders(tcs, tmp_path / "tc")
+    back = load_transcoders(tmp_path / "tc")
+    assert len(back) == len(tcs) and back[1].kind == "jumprelu"
+    assert torch.allclose(back[1].W_enc, tcs[1].W_enc) and back[2].hook_in == tcs[2].hook_in
+
+    class Cfg:  # a circuitlab.sparse-like coder, duck-typed
+        arch, k, b_dec_in = "relu", None, False
+        hooks_in, hooks_out = ("blocks.0.ln2.hook_out",), ("blocks.0.hook_mlp_out",)
+
+    class Coder:
+        cfg = Cfg()
+        W_enc, b_enc, W_dec, b_dec = tcs[0].W_enc, tcs[0].b_enc, tcs[0].W_dec, tcs[0].b_dec
+
+    t = from_coder(Coder())
+    assert t.layer == 0 and t.kind == "relu"
+    assert len(as_transcoders([Coder()] + tcs.layers[1:])) == gpt2.n_layers
+    with pytest.raises(ValueError):
+        TranscoderSet([tcs[0], tcs[2]])
+    with pytest.raises(ValueError):
+        Transcoder(0, tcs[0].W_enc, tcs[0].b_enc, tcs[0].W_dec, tcs[0].b_dec, kind="gelu")
+    with pytest.raises(FileNotFoundError):
+        load_transcoders(tmp_path / "none")
