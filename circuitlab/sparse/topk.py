@@ -65,8 +65,9 @@ def aux_k_loss(coder: SparseCoder, h: torch.Tensor, y: torch.Tensor, y_hat: torc
     n_dead = int(ctx.dead.sum())
     k_aux = cfg.aux_k if cfg.aux_k is not None else max(1, cfg.d_in // 2)
     kk = min(k_aux, n_dead)
-    hd = torch.relu(h).masked_fill(~ctx.dead, float("-inf"))
-    vals, idx = hd.topk(kk, dim=-1)
+    dead_idx = ctx.dead.nonzero().squeeze(-1).to(h.device)
+    vals, j = torch.relu(h.index_select(1, dead_idx)).topk(kk, dim=-1, sorted=False)  # only dead columns
+    idx = dead_idx[j]
     e = (y - y_hat).detach()
     e_hat = sparse_decode(coder, idx, vals)
     scale = min(n_dead / k_aux, 1.0)
