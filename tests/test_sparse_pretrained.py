@@ -1,0 +1,27 @@
+"""Quality gates of the shipped coders (circuitlab/sparse/pretrained/): FVU <= 0.15,
+CE-loss recovered >= 0.85, dead latents <= 10%. Skipped while none are shipped."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import circuitlab.sparse as sparse
+
+PRETRAINED = Path(sparse.__file__).parent / "pretrained"
+FOLDERS = sorted(p.parent for p in PRETRAINED.glob("*/*/cfg.json")) if PRETRAINED.exists() else []
+GATES = {"fvu": (0.15, "max"), "ce_recovered": (0.85, "min"), "dead_fraction": (0.10, "max")}
+
+
+@pytest.mark.skipif(not FOLDERS, reason="no pretrained coders shipped yet (train with saes/configs/*.toml)")
+@pytest.mark.parametrize("folder", FOLDERS, ids=[f"{p.parent.name}/{p.name}" for p in FOLDERS])
+def test_shipped_coder_meets_quality_gates(folder):
+    from circuitlab.sparse.files import load_coder
+
+    load_coder(folder)  # loads from the installed package
+    m = json.loads((folder / "metrics.json").read_text())
+    for key, (limit, kind) in GATES.items():
+        if key not in m or m[key] is None:
+            continue  # crosscoders across checkpoints have no single model to splice into
+        ok = m[key] <= limit if kind == "max" else m[key] >= limit
+        assert ok, f"{folder.name}: {key} = {m[key]:.4f} misses the gate ({kind} {limit})"
