@@ -53,3 +53,31 @@ def _wins(model, task, interventions) -> float:
 
     ld = logit_diff(task.answer_pos, task.answer_ids, task.wrong_ids)
     return float((score(model, task.clean_tokens, ld, interventions) > 0).float().mean())
+
+
+def main(argv=None) -> None:
+    """``python -m circuitlab.circuits.examples [--model gpt2-zoo] [--task capitals]``."""
+    import argparse
+
+    import circuitlab as cl
+
+    ap = argparse.ArgumentParser(description="Scale one head's value vectors and watch the factual answer move.")
+    ap.add_argument("--model", default="gpt2-zoo")
+    ap.add_argument("--task", default="capitals", help="bundled task or JSONL of {clean, corrupt, answer, wrong}")
+    ap.add_argument("--layer", type=int, default=None)
+    ap.add_argument("--head", type=int, default=None)
+    ap.add_argument("--n", type=int, default=32)
+    a = ap.parse_args(argv)
+    from circuitlab.cli import _task
+
+    model = cl.load(a.model)
+    task = _task(model, a.task, a.n, 0)
+    out = value_scaling(model, task, a.layer, a.head)
+    print(f"head L{out['layer']}.H{out['head']} (value vectors {out['value_head']}); prompt: {out['prompt']!r}")
+    print(f"{'scale':>6} {'metric':>9} {'answer wins':>12}  continuation")
+    for r in out["rows"]:
+        print(f"{r['scale']:>6.2f} {r['metric']:>9.3f} {r['answer_wins']:>12.2f}  {r['continuation']!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -119,3 +119,21 @@ def make_scores(graph: ComponentGraph, values: torch.Tensor, method: str, direct
     return EdgeScores(values.detach().cpu(), [str(s) for s in graph.senders], [str(r) for r in graph.receivers],
                       graph.mask.clone(), method, direction, task.metric.name, float(baseline), positions,
                       cost or Cost(), meta or {})
+
+
+def compare_edges(estimate: EdgeScores, reference: EdgeScores, ks: tuple[int, ...] = (10, 50)) -> dict:
+    """Agreement of edge scores with a reference (usually exact edge patching) over all edges:
+    Pearson, Spearman, and recall of the reference's top-k (by magnitude) in the estimate's top-k."""
+    from circuitlab.agreement import _pearson, _rank
+
+    if estimate.senders != reference.senders or estimate.receivers != reference.receivers:
+        raise ValueError("edge scores come from different graphs")
+    m = reference.mask
+    a, b = estimate.summed[m].double(), reference.summed[m].double()
+    out = {"edges": int(m.sum()), "pearson": _pearson(a, b), "spearman": _pearson(_rank(a), _rank(b))}
+    for k in ks:
+        k = min(k, len(a))
+        ta = set(a.abs().argsort(descending=True)[:k].tolist())
+        tb = set(b.abs().argsort(descending=True)[:k].tolist())
+        out[f"recall@{k}"] = len(ta & tb) / k
+    return out
