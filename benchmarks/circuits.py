@@ -46,12 +46,11 @@ def zoo_model():
     return cl.load("gpt2-zoo", device="cpu")
 
 
-def ioi_section(model, n: int, steps: int, bootstrap: int) -> dict:
-    import circuitlab as cl
+def ioi_section(model, task, steps: int, bootstrap: int) -> dict:
     from circuitlab import circuits as cc
     from circuitlab.circuits.scores import compare_edges
 
-    task = cl.tasks.ioi(model, n=n, seed=0)
+    n = len(task)
     exact, t_exact = timed(lambda: cc.edge_patching(model, task))
     out = {"prompts": n, "edges": int(exact.mask.sum()), "exact_seconds": t_exact, "methods": {}}
     for name, fn in (("eap", lambda: cc.eap(model, task)), (f"eap-ig (m={steps})", lambda: cc.eap_ig(model, task, steps=steps))):
@@ -140,7 +139,9 @@ def main() -> None:
         print(msg)
         report["ioi"] = {"skipped": msg}
     else:
-        ioi = ioi_section(model, a.n, a.steps, a.bootstrap)
+        import circuitlab as cl
+
+        ioi = ioi_section(model, cl.tasks.ioi(model, n=a.n, seed=0), a.steps, a.bootstrap)
         report["ioi"] = ioi
         lines += [f"## Zoo GPT-2, IOI ({ioi['prompts']} prompts, {ioi['edges']} edges; exact edge patching "
                   f"{ioi['exact_seconds']:.2f} s)", "", "| method | Pearson | Spearman | recall@10 | recall@50 | seconds |",

@@ -204,18 +204,27 @@ class FaithfulnessCurve:
     """Faithfulness of the top-n circuits as n grows, with bootstrap intervals."""
 
     kind: str
+    """'nodes' or 'edges'."""
     sizes: list[int]
+    """Circuit sizes evaluated (top-n by |score|)."""
     faithfulness: list[float]
+    """F of each top-n circuit."""
     lo: list[float]
+    """Lower end of the 95% bootstrap interval over prompts."""
     hi: list[float]
+    """Upper end of the interval."""
     total: int
     """Nodes or edges in the full graph scored."""
     ablation: str
+    """'resample' or 'mean'."""
     threshold: float = 0.8
+    """The faithfulness target for ``smallest``."""
     smallest: Optional[int] = None
     """Fewest top-ranked items with F >= threshold (None: no evaluated size reaches it)."""
     smallest_circuit: Optional[Circuit] = None
+    """The top-``smallest`` circuit itself."""
     meta: dict = field(default_factory=dict)
+    """Scoring method and the metric of the full model and of the empty circuit."""
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("kind", "sizes", "faithfulness", "lo", "hi", "total", "ablation",

@@ -26,6 +26,7 @@ class Sender:
     layer: int
     """Block index; -1 for the embedding."""
     head: int | None = None
+    """Head index for 'head' senders."""
 
     def __str__(self) -> str:
         if self.kind == "embed":
@@ -57,11 +58,15 @@ class ComponentGraph:
     """Senders, receivers and which (sender, receiver) pairs are edges."""
 
     senders: list[Sender]
+    """Writers in order: embed, then per layer its heads and its MLP (the order of write tensors)."""
     receivers: list[Receiver]
+    """Readers in order: per layer q heads, k heads, v heads, MLP; then the logits."""
     mask: torch.Tensor
     """[senders, receivers] bool: True where the pair is an edge."""
     n_layers: int
+    """Blocks in the model (the logits receiver sits at this layer)."""
     parallel: bool = False
+    """Parallel attention/MLP blocks: a head does not feed its own layer's MLP."""
     _s_index: dict = field(default_factory=dict, repr=False)
     _r_index: dict = field(default_factory=dict, repr=False)
 

@@ -52,13 +52,17 @@ class Planted:
     """A planted model on disk with its exact ground truth."""
 
     name: str
+    """'induction' or 'copy'."""
     path: Path
+    """The Hugging Face folder (config, safetensors weights, word-level tokenizer)."""
     nodes: list[str]
     """True components (node labels as in circuits: 'embed', 'L0.H0')."""
     edges: list[str]
     """True edges ('L0.H0->L1.H0.k')."""
     description: str = ""
+    """One line on the mechanism."""
     meta: dict = field(default_factory=dict)
+    """Free-form extras."""
 
     @property
     def heads(self) -> list[str]:

@@ -24,18 +24,25 @@ class EdgeScores:
     values: torch.Tensor
     """[senders, receivers] or [positions, senders, receivers]."""
     senders: list[str]
+    """Sender labels ('embed', 'L0.H3', 'L1.mlp'), axis -2."""
     receivers: list[str]
+    """Receiver labels ('L1.H0.q', 'L1.H0.k', 'L1.mlp', 'logits'), axis -1."""
     mask: torch.Tensor
     """[senders, receivers] bool: which entries are edges."""
     method: str
+    """'eap', 'eap-ig' or 'path' (exact edge patching)."""
     direction: str
+    """'denoising' (clean into corrupted) or 'noising'."""
     metric: str
+    """Name of the task metric whose change the values are."""
     baseline: float
     """Metric of the unpatched base run (corrupted for denoising, clean for noising)."""
     positions: Optional[list[int]] = None
     """Absolute positions of axis 0 when scores are kept per position; None when summed."""
     cost: Cost = field(default_factory=Cost)
+    """Forward/backward passes and seconds."""
     meta: dict[str, Any] = field(default_factory=dict)
+    """Method settings (e.g. EAP-IG steps)."""
 
     @property
     def per_position(self) -> bool:
