@@ -83,10 +83,11 @@ class ZooConfig:
 
 ZOO_CONFIGS: dict[str, ZooConfig] = {
     "gpt2-zoo": ZooConfig(
-        name="gpt2-zoo", arch="gpt2", d_mlp=512, n_kv_heads=4, total_steps=5000,
-        snapshot_steps=(250, 1000, 2500)),
+        name="gpt2-zoo", arch="gpt2", d_mlp=512, n_kv_heads=4, batch_size=16, lr=3e-3,
+        warmup_steps=200, total_steps=7000, snapshot_steps=(500, 2000, 4500)),
     "llama-zoo": ZooConfig(
-        name="llama-zoo", arch="llama", d_mlp=384, n_kv_heads=2, total_steps=5000),
+        name="llama-zoo", arch="llama", d_mlp=384, n_kv_heads=2, batch_size=16, lr=3e-3,
+        warmup_steps=200, total_steps=7000),
 }
 """Every trainable zoo model by name."""
 

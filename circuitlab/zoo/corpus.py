@@ -136,10 +136,18 @@ def induction(n: int, seed: int = 0, split: Split = "train",
     return out
 
 
-def induction_sentence(rng: random.Random, min_len: int = 4, max_len: int = 20) -> str:
-    """A training repetition ``w1..wL w1..wL .`` (never a held-out sequence)."""
+INDUCTION_REPEATS: tuple[tuple[int, float], ...] = ((2, 0.4), (3, 0.35), (4, 0.25))
+"""(repeats, probability) of training repetitions. More than two repeats make copying a
+token from context right more often than wrong; with two, the first half (sampled without
+replacement, so never copyable) cancels the second and small models stall on a plateau."""
+
+
+def induction_sentence(rng: random.Random, min_len: int = 3, max_len: int = 16) -> str:
+    """A training repetition ``w1..wL w1..wL [w1..wL ...] .`` (never a held-out sequence)."""
     words = _random_seq(rng, rng.randint(min_len, max_len), "train")
-    return " ".join(words + words) + " ."
+    reps = rng.choices([r for r, _ in INDUCTION_REPEATS],
+                       weights=[p for _, p in INDUCTION_REPEATS])[0]
+    return " ".join(words * reps) + " ."
 
 
 # ------------------------------------------------------------------ greater-than
@@ -260,17 +268,23 @@ def fact_sentence(rng: random.Random, weights: dict[str, float]) -> str:
 
 
 # ------------------------------------------------------------------------ filler
-def filler_sentence(rng: random.Random) -> str:
+def filler_sentence(rng: random.Random, templates: tuple[str, ...] = T.FILLER) -> str:
     """A simple grammatical sentence over the world's nouns and verbs."""
     n1, n2 = rng.sample(NAMES, 2)
     p1, p2 = rng.sample(PLACES, 2)
     c = rng.choice(COUNTRIES)
-    slots = {"N": n1, "N2": n2, "P": p1, "P2": p2, "O": rng.choice(OBJECTS),
+    o1, o2 = rng.sample(OBJECTS, 2)
+    slots = {"N": n1, "N2": n2, "P": p1, "P2": p2, "O": o1, "O2": o2,
              "GV": rng.choice(GIVE_VERBS), "MV": rng.choice(MOTION_VERBS),
              "OV": rng.choice(OTHER_VERBS), "ADJ": rng.choice(ADJECTIVES),
              "EV": rng.choice(EVENT_NOUNS), "PR": rng.choice(("he", "she", "they")),
              "CAP": c.capital, "CTRY": c.name}
-    return _fill(rng.choice(T.FILLER), **slots) + " ."
+    return _fill(rng.choice(templates), **slots) + " ."
+
+
+def name_copy_sentence(rng: random.Random) -> str:
+    """A sentence that mentions a name again (see ``templates.NAME_COPY``)."""
+    return filler_sentence(rng, T.NAME_COPY)
 
 
 def ioi_sentence(rng: random.Random) -> str:
@@ -287,21 +301,23 @@ class Mix:
 
     ioi: float = 0.28
     """Indirect-object sentences."""
-    greater_than: float = 0.18
+    greater_than: float = 0.14
     """Year-span sentences with a later end year."""
-    facts: float = 0.22
+    facts: float = 0.18
     """Country facts (see ``fact_weights``)."""
-    induction: float = 0.12
+    induction: float = 0.20
     """Repeated random-word sequences."""
-    filler: float = 0.20
+    filler: float = 0.10
     """Grammar filler sentences."""
+    name_copy: float = 0.10
+    """Sentences that repeat a name (bootstrap name copying)."""
     fact_weights: tuple[tuple[str, float], ...] = (
         ("capital", 0.35), ("language", 0.2), ("continent", 0.12), ("multihop", 0.23),
         ("extra", 0.10))
     """Relation proportions inside ``facts``; ``extra`` = reversed statements."""
     min_sentences: int = 1
     """Fewest sentences per document."""
-    max_sentences: int = 6
+    max_sentences: int = 4
     """Most sentences per document."""
 
 
@@ -312,12 +328,12 @@ def training_documents(seed: int, n: int, mix: Mix | None = None) -> list[str]:
     """
     mix = mix or Mix()
     rng = random.Random(seed)
-    kinds = ["ioi", "greater_than", "facts", "induction", "filler"]
+    kinds = ["ioi", "greater_than", "facts", "induction", "filler", "name_copy"]
     weights = [getattr(mix, k) for k in kinds]
     fw = dict(mix.fact_weights)
     make = {"ioi": ioi_sentence, "greater_than": greater_than_sentence,
             "facts": lambda r: fact_sentence(r, fw), "induction": induction_sentence,
-            "filler": filler_sentence}
+            "filler": filler_sentence, "name_copy": name_copy_sentence}
     docs = []
     for _ in range(n):
         k = rng.randint(mix.min_sentences, mix.max_sentences)

@@ -1,15 +1,19 @@
 """Packing of training documents into fixed-length rows.
 
-Why whole-document first-fit packing (not a continuous token stream cut every ``n_ctx``): every row
-starts with a document, so BOS sits at position 0 like in the analysis prompts, and no
-document is cut in half. The few unused slots at the end of a row are padding whose
-targets are masked out of the loss.
+Why whole-document first-fit packing with document masking: several short documents
+share a row (little padding), but each one attends only to itself and its positions
+restart at 0, so every training document looks exactly like an analysis prompt evaluated
+alone (BOS at position 0, no unrelated text in context). Without the mask, a 4-layer model
+trained here for 7M tokens never learned to copy (no induction, no IOI): attention at
+initialisation was spread over ~100 unrelated tokens, diluting the copying signal.
 
 Why a pure function of the step: batch ``k`` depends only on ``(seed, k)``, so a resumed
 run sees exactly the batches an uninterrupted one would, without saving RNG state.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from tokenizers import Tokenizer
@@ -26,11 +30,28 @@ def step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
 
+class Batch(NamedTuple):
+    """One packed optimizer batch (all tensors on CPU)."""
+
+    input_ids: torch.Tensor
+    """``[B, T]`` token ids, padded with ``pad_id``."""
+    attention_mask: torch.Tensor
+    """``[B, 1, T, T]`` bool: causal *and* same document (padding attends to itself)."""
+    position_ids: torch.Tensor
+    """``[B, T]`` position inside each document (every document starts at 0)."""
+    loss_mask: torch.Tensor
+    """``[B, T - 1]`` bool: next-token target is a real token of the same document."""
+    n_tokens: int
+    """Real (non-padding) tokens in the batch."""
+
+
 def pack_batch(tok: Tokenizer, seed: int, step: int, batch_size: int, n_ctx: int,
-               mix: Mix, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, n_real)`` for one step: ``[batch_size, n_ctx]`` ids (padded with
-    ``pad_id``) and the number of real (non-pad) tokens in each row."""
-    rows: list[list[int]] = [[] for _ in range(batch_size)]
+               mix: Mix, pad_id: int = 0) -> Batch:
+    """The batch of one optimizer step: documents first-fit packed into ``batch_size`` rows
+    of ``n_ctx`` tokens, each document seeing only itself (block-diagonal causal mask and
+    positions restarting at 0, exactly like a prompt evaluated alone)."""
+    rows: list[list[list[int]]] = [[] for _ in range(batch_size)]
+    fill = [0] * batch_size
     base = step_seed(seed, step)
     misses, chunk = 0, 0
     while misses < _MAX_MISSES:
@@ -38,22 +59,27 @@ def pack_batch(tok: Tokenizer, seed: int, step: int, batch_size: int, n_ctx: int
         chunk += 1
         for enc in tok.encode_batch(docs, add_special_tokens=False):
             ids = enc.ids[:n_ctx]
-            row = next((r for r in rows if len(r) + len(ids) <= n_ctx), None)
-            if row is None:
+            i = next((i for i in range(batch_size) if fill[i] + len(ids) <= n_ctx), None)
+            if i is None:
                 misses += 1
                 if misses >= _MAX_MISSES:
                     break
             else:
-                row.extend(ids)
-    out = torch.full((batch_size, n_ctx), pad_id, dtype=torch.long)
-    n_real = torch.zeros(batch_size, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        n_real[i] = len(r)
-    return out, n_real
-
-
-def loss_mask(n_real: torch.Tensor, n_ctx: int) -> torch.Tensor:
-    """``[batch, n_ctx - 1]`` bool mask of next-token targets that are real tokens."""
-    pos = torch.arange(1, n_ctx).unsqueeze(0)
-    return pos < n_real.unsqueeze(1)
+                rows[i].append(ids)
+                fill[i] += len(ids)
+    ids_t = torch.full((batch_size, n_ctx), pad_id, dtype=torch.long)
+    seg = torch.full((batch_size, n_ctx), -1, dtype=torch.long)
+    pos = torch.zeros((batch_size, n_ctx), dtype=torch.long)
+    for i, docs in enumerate(rows):
+        at = 0
+        for d, doc in enumerate(docs):
+            ids_t[i, at:at + len(doc)] = torch.tensor(doc, dtype=torch.long)
+            seg[i, at:at + len(doc)] = d
+            pos[i, at:at + len(doc)] = torch.arange(len(doc))
+            at += len(doc)
+    causal = torch.tril(torch.ones(n_ctx, n_ctx, dtype=torch.bool))
+    same = seg.unsqueeze(2) == seg.unsqueeze(1)
+    mask = (same & causal) | torch.eye(n_ctx, dtype=torch.bool)
+    real = seg >= 0
+    target_ok = real[:, 1:] & (seg[:, 1:] == seg[:, :-1])
+    return Batch(ids_t, mask.unsqueeze(1), pos, target_ok, int(real.sum()))

@@ -133,3 +133,17 @@ FILLER: tuple[str, ...] = (
     "{N} went on to the {P} until the evening",
     "{N} visited {CAP} , the main city of {CTRY}",
 )
+
+# Name repetition: copying the one name in context is right. This is the first-order signal
+# that starts name-copying heads; IOI alone gives none, since naive copying there favours
+# the subject (mentioned twice) over the indirect object.
+NAME_COPY: tuple[str, ...] = (
+    "{N} went to the {P} , and then {N} went home",
+    "{N} found a {O} at the {P} . Later , {N} lost it",
+    "When {N} came to the {P} , {N} {OV} a {O}",
+    "{N} and {N2} met at the {P} . {N2} liked {N}",
+    "{N} {GV} a {O} to {N2} , and {N2} {GV} a {O2} to {N}",
+    "Then , {N} helped {N2} , and {N2} thanked {N}",
+    "{N} called {N2} , and then {N2} called {N}",
+    "The {O} was for {N} , so {N2} {GV} it to {N}",
+)

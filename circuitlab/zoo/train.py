@@ -29,7 +29,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from .configs import ZooConfig, get_config
-from .packing import loss_mask, pack_batch
+from .packing import pack_batch
 from .tokenizer import build_raw_tokenizer, save_tokenizer, vocabulary
 from .trainstate import load_state, save_state
 
@@ -183,12 +183,13 @@ def _loop(cfg: ZooConfig, name: str, model: PreTrainedModel, opt: torch.optim.Op
     acc_loss, acc_n = 0.0, 0
     while meta["step"] < cfg.total_steps and time.time() < deadline and not _STOP:
         step = meta["step"]
-        ids, n_real = pack_batch(tok, cfg.seed, step, cfg.batch_size, cfg.n_ctx, cfg.mix)
-        mask = loss_mask(n_real, cfg.n_ctx)
+        b = pack_batch(tok, cfg.seed, step, cfg.batch_size, cfg.n_ctx, cfg.mix)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
-        logits = model(input_ids=ids).logits[:, :-1]
-        loss = torch.nn.functional.cross_entropy(logits[mask], ids[:, 1:][mask])
+        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                       position_ids=b.position_ids).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits[b.loss_mask],
+                                                 b.input_ids[:, 1:][b.loss_mask])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{name}: loss is {loss.item()} at step {step}; the last "
                                      f"good state is kept in {work_dir}. Lower lr in the "
@@ -198,7 +199,7 @@ def _loop(cfg: ZooConfig, name: str, model: PreTrainedModel, opt: torch.optim.Op
         opt.step()
         opt.zero_grad(set_to_none=True)
         meta["step"] = step + 1
-        meta["tokens"] += int(n_real.sum())
+        meta["tokens"] += b.n_tokens
         meta["elapsed_s"] = base_elapsed + time.time() - t0
         acc_loss, acc_n = acc_loss + loss.item(), acc_n + 1
         if meta["step"] % 25 == 0 or meta["step"] == cfg.total_steps:

@@ -93,7 +93,7 @@ FUNCTION_WORDS: tuple[str, ...] = (
     "We", "we", "Her", "His", "her", "his", "flew", "lives", "live", "In", "some", "very",
     "In", "all", "who", "what", "What", "As", "as", "everyone", "known", "home", "name",
     "named", "official", "government", "seat", "be", "being", "many", "not", "one",
-    "working", "At", "Many",
+    "working", "At", "Many", "thanked",
 )
 """Glue words of the grammar and task templates (duplicates are removed on use)."""
 
