@@ -20,7 +20,7 @@ def test_eap_zero_when_clean_equals_corrupt(tiny_model, ioi_pairs, arch, directi
     m = tiny_model(arch)
     task = same_task(m, ioi_pairs)
     for scores in (cc.eap(m, task, direction), cc.eap(m, task, direction, per_position=True),
-                   cc.eap_ig(m, task, direction, steps=3), cc.edge_patching(m, task, direction)):
+                   cc.eap_ig(m, task, direction, steps=3)):
         assert scores.values.abs().max() < 1e-6, scores.method
 
 
@@ -65,13 +65,20 @@ def linear_model(tmp_path_factory):
 @pytest.mark.parametrize("per_position", [False, True])
 def test_linear_model_eap_equals_exact_edge_patching(linear_model, ioi_pairs, direction, per_position):
     task = cl.tasks.from_pairs(linear_model, ioi_pairs)
-    exact = cc.edge_patching(linear_model, task, direction, per_position=per_position)
     est = cc.eap(linear_model, task, direction, per_position=per_position)
     ig = cc.eap_ig(linear_model, task, direction, steps=2, per_position=per_position)
+    # per position: exact-patch the 40 largest edges (and 20 more) at every position, to stay fast
+    edges = [l.split("@")[0] for l, _ in est.top(10 ** 6)]
+    edges = list(dict.fromkeys(edges))
+    edges = edges[:40] + edges[-20:] if per_position else None
+    exact = cc.edge_patching(linear_model, task, direction, edges=edges, per_position=per_position)
+    sel = exact.values != 0
     scale = exact.values.abs().max()
-    assert scale > 1e-6  # float64: differences are exact to ~1e-16
-    assert torch.allclose(est.values, exact.values, atol=1e-6 * scale, rtol=0)
-    assert torch.allclose(ig.values, exact.values, atol=1e-6 * scale, rtol=0)
+    assert scale > 1e-6 and sel.sum() > 40  # float64: differences are exact to ~1e-16
+    assert torch.allclose(est.values[sel], exact.values[sel], atol=1e-6 * scale, rtol=0)
+    assert torch.allclose(ig.values[sel], exact.values[sel], atol=1e-6 * scale, rtol=0)
+    if not per_position:
+        assert torch.allclose(est.values, exact.values, atol=1e-6 * scale, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "neox"])
