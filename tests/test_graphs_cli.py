@@ -42,3 +42,22 @@ def test_graph_and_probe_commands(gpt2, tiny_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "e")]) == 2
     assert main(["probe", "--model", model, "--transcoders", str(tmp_path / "nope"), "--prompt", "x",
                  "--out", str(tmp_path / "e")]) == 2
+
+
+def test_demo_section_only_with_transcoders(gpt2, tmp_path, monkeypatch):
+    import circuitlab as cl
+    from circuitlab.graphs import transcoders as tmod
+    from circuitlab.graphs.demo import demo_section
+    from circuitlab.viz.report import Report
+
+    task = cl.tasks.from_pairs(gpt2, [{"clean": "the capital of France is", "corrupt": "the capital of Spain is",
+                                       "answer": " Paris", "wrong": " Madrid"}])
+    report, summary = Report("t"), {}
+    monkeypatch.setattr(tmod, "find_transcoders", lambda name, roots=(): None)
+    demo_section(gpt2, task, report, tmp_path, "capitals", summary)
+    assert report.sections == [] and summary == {}
+    tc_dir = save_transcoders(fit_transcoders(gpt2, TRAIN, FitConfig(n_features=32, steps=60)), tmp_path / "tc")
+    monkeypatch.setattr(tmod, "find_transcoders", lambda name, roots=(): tc_dir)
+    demo_section(gpt2, task, report, tmp_path, "capitals", summary)
+    assert len(report.sections) == 1 and "capitals_graph" in summary
+    assert (tmp_path / "capitals_graph.html").exists() and (tmp_path / "capitals_graph.json").exists()
