@@ -165,3 +165,32 @@ def test_transcoder_files_and_adapter(gpt2, tmp_path):
         Transcoder(0, tcs[0].W_enc, tcs[0].b_enc, tcs[0].W_dec, tcs[0].b_dec, kind="gelu")
     with pytest.raises(FileNotFoundError):
         load_transcoders(tmp_path / "none")
+
+
+@pytest.mark.parametrize("arch", ["topk", "jumprelu", "relu"])
+def test_circuitlab_sparse_transcoders_adapt(gpt2, tmp_path, arch):
+    sparse = pytest.importorskip("circuitlab.sparse")
+    from circuitlab.sparse.files import save_coder
+
+    kw = {"k": 4} if arch == "topk" else {}
+    coders = []
+    for l in range(gpt2.n_layers):
+        cfg = sparse.transcoder_config(arch, l, gpt2.d_model, 32, skip=True, **kw)
+        c = sparse.make_coder(cfg)
+        with torch.no_grad():
+            c.b_enc.fill_(0.2)
+            c.W_skip.normal_(0, 0.05)
+        coders.append(c)
+        save_coder(c, tmp_path / f"tc_L{l}")
+    save_coder(sparse.make_coder(sparse.config_class("relu")(d_in=gpt2.d_model, d_sae=16,
+                                                              hooks_in=("blocks.0.hook_resid_post",))), tmp_path / "sae")
+    for ts in (load_transcoders(tmp_path), as_transcoders(coders)):  # files (SAE skipped) and objects
+        assert len(ts) == gpt2.n_layers and ts[0].hook_in == "blocks.0.hook_resid_mid" and ts[0].W_skip is not None
+        x = torch.randn(5, gpt2.d_model)
+        with torch.no_grad():
+            assert torch.allclose(ts[1].encode(x), coders[1].encode(x), atol=1e-5)
+            assert torch.allclose(ts[1].decode(ts[1].encode(x), x), coders[1](x), atol=1e-5)
+    g = attribute(gpt2, load_transcoders(tmp_path), PROMPT, cfg=GraphConfig(max_feature_nodes=12, batch_size=12))
+    assert (_sum_error(g) <= 1e-3).all()
+    m, p = intervention_effects(gpt2, load_transcoders(tmp_path), g, list(range(0, g.n_features, 3)) + [g.token_start + 2])
+    assert torch.allclose(m, p, atol=1e-3, rtol=1e-4)

@@ -240,8 +240,19 @@ def load_transcoder(folder: str | Path, layer: Optional[int] = None) -> Transcod
                       hook_in=hook_in, hook_out=hook_out)
 
 
+def _writes_mlp_out(folder: Path) -> bool:
+    try:
+        cfg = json.loads((folder / "cfg.json").read_text())
+    except (OSError, ValueError):
+        return False
+    ours = cfg.get("circuitlab") or {}
+    out = (ours.get("hooks_out") or [None])[0] or (cfg.get("metadata") or {}).get("hook_name_out") or ""
+    return out.endswith("hook_mlp_out")
+
+
 def load_transcoders(folder: str | Path, name: Optional[str] = None) -> TranscoderSet:
-    """Every per-layer transcoder folder under ``folder`` (one level down, or ``folder`` itself)."""
+    """Every per-layer transcoder folder under ``folder`` (one level down, or ``folder`` itself);
+    coders that do not write the MLP output (SAEs in the same folder) are skipped."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no transcoder folder at {folder}")
@@ -250,8 +261,10 @@ def load_transcoders(folder: str | Path, name: Optional[str] = None) -> Transcod
         subs = [folder]
     if not subs:
         raise FileNotFoundError(f"{folder}: no per-layer transcoder folders (cfg.json + sae_weights.safetensors)")
+    subs = [p for p in subs if _writes_mlp_out(p)]  # skip SAEs and other coders sharing the folder
+    if not subs:
+        raise FileNotFoundError(f"{folder}: no transcoder writing blocks.L.hook_mlp_out")
     tcs = [load_transcoder(p) for p in subs]
-    tcs = [t for t in tcs if t.hook_out.endswith("hook_mlp_out")]
     return TranscoderSet(tcs, name=name or folder.name, sources=[str(p) for p in subs])
 
 
@@ -287,8 +300,10 @@ def save_transcoders(ts: TranscoderSet, folder: str | Path) -> Path:
 def find_transcoders(model_name: str, roots: Sequence[str | Path] = ()) -> Optional[Path]:
     """A folder of trained transcoders for a zoo model, or None.
 
-    Looks in ``$CIRCUITLAB_TRANSCODERS``, then ``saes/{name}/transcoders``, ``saes/{name}-transcoders``,
-    ``saes/transcoders/{name}`` under the repository, and the model folder's ``transcoders/``."""
+    Looks in ``$CIRCUITLAB_TRANSCODERS``, circuitlab.sparse's ``pretrained/{name}`` (where
+    ``circuitlab train saes/configs/{name}.toml`` writes), ``saes/{name}/transcoders``,
+    ``saes/{name}-transcoders``, ``saes/transcoders/{name}``, ``saes/{name}`` and the model
+    folder's ``transcoders/``."""
     import os
 
     repo = Path(__file__).resolve().parents[2]
@@ -296,6 +311,7 @@ def find_transcoders(model_name: str, roots: Sequence[str | Path] = ()) -> Optio
     cands = [Path(r) for r in roots]
     if os.environ.get("CIRCUITLAB_TRANSCODERS"):
         cands.append(Path(os.environ["CIRCUITLAB_TRANSCODERS"]))
+    cands.append(repo / "circuitlab" / "sparse" / "pretrained" / short)
     for base in (repo / "saes", Path.cwd() / "saes"):
         cands += [base / short / "transcoders", base / f"{short}-transcoders", base / "transcoders" / short, base / short]
     if Path(model_name).is_dir():
