@@ -11,7 +11,15 @@ from circuitlab.sparse.base import (
     ARCHITECTURES, CoderConfig, LossContext, SparseCoder, config_class, make_coder,
 )
 from circuitlab.sparse.crosscoder import crosscoder_config, source_shares
+from circuitlab.sparse.files import load_coder, save_coder
 from circuitlab.sparse.transcoder import transcoder_config
 
 __all__ = ["ARCHITECTURES", "CoderConfig", "LossContext", "SparseCoder", "config_class", "make_coder",
-           "crosscoder_config", "source_shares", "transcoder_config"]
+           "crosscoder_config", "source_shares", "transcoder_config", "load_coder", "save_coder"]
+# Further entry points (imported on use, they pull in the engine / plotly):
+#   circuitlab.sparse.store      ActivationSource, ActivationCache, ShardLoader, Exclusion, keep_mask
+#   circuitlab.sparse.trainer    Trainer, TrainConfig, NonFiniteLoss
+#   circuitlab.sparse.evaluate   evaluate, reconstruction_metrics, splice_metrics, density_histogram
+#   circuitlab.sparse.attribution patch_latents (exact / AtP on latents)
+#   circuitlab.sparse.dashboard  latent_cards, save_dashboard
+#   circuitlab.sparse.run        train_file (what `circuitlab train` runs)
