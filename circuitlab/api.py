@@ -17,6 +17,13 @@ def patch(model, task, sites: str = "resid_pre", method: str = "exact", directio
     with the QK fix and GradDrop ranking; relp: AtP with LRP rules; ig: integrated gradients
     (``variant='inputs'|'activations'``, ``steps=m``). See circuitlab.methods.grid for sites.
     """
+    if sites == "latents":  # sparse-coder latents spliced into the model (circuitlab.sparse)
+        from circuitlab.sparse.attribution import patch_latents
+
+        if "coders" not in kwargs:
+            raise ValueError("sites='latents' needs coders=[...] (sparse coders to splice in, e.g. from "
+                             "circuitlab.sparse.load_coder)")
+        return patch_latents(model, task, kwargs.pop("coders"), method, direction, positions, **kwargs)
     from circuitlab.methods import atp, atp_star, exact, ig, relp
 
     fns = {"exact": exact.exact, "atp": atp.atp, "atp*": atp_star.atp_star, "relp": relp.relp, "ig": ig.ig}
