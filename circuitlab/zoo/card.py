@@ -163,7 +163,7 @@ BOS: prompts are written starting with `"<bos> "`.
 | | |
 |---|---|
 | tokens (non-padding) | {log['tokens']:,} ({log['tokens'] / 1e6:.1f}M) |
-| steps x batch | {log['step']} x {cfg['batch_size']} rows of {cfg['n_ctx']} tokens (first-fit packed documents) |
+| steps x batch | {log['step']} x {cfg['batch_size']} rows of {cfg['n_ctx']} tokens (documents first-fit packed; each attends only to itself, positions restart at 0) |
 | optimizer | AdamW, lr {cfg['lr']}, betas {tuple(cfg['betas'])}, weight decay {cfg['weight_decay']}, clip {cfg['grad_clip']} |
 | schedule | {cfg['warmup_steps']} warmup steps, cosine decay to {cfg['min_lr_frac']} x lr |
 | wall time | {minutes:.1f} min on {log.get('torch_threads', 2)} CPU threads |
@@ -177,6 +177,9 @@ installs) during training, so the figure above is below what the same loop reach
 idle machine (~19k tokens/s measured for the GPT-2 config).
 
 Corpus mix (sentence proportions): {json.dumps({k: v for k, v in cfg['mix'].items() if isinstance(v, float)})}.
+Induction repetitions have 2-4 repeats and names recur in `name_copy` sentences: with only
+two-repeat sequences and IOI, copying a token from context is as often wrong as right, and
+an earlier run of this model learned no copying at all in 7M tokens.
 Reproduce with `python -m circuitlab.zoo.train {cfg['name']}` (or `circuitlab zoo train
 {cfg['name']}`); a killed run resumes from its last saved state.
 

@@ -59,13 +59,13 @@ def _prompt(text: str) -> str:
 def _ioi_one(rng: random.Random, template: str, tid: int, order: str,
              corrupt: str) -> Example:
     io, s, c = rng.sample(NAMES, 3)
-    place, obj = rng.choice(PLACES), rng.choice(OBJECTS)
+    place, obj, verb = rng.choice(PLACES), rng.choice(OBJECTS), rng.choice(GIVE_VERBS)
     a, b = (io, s) if order == "ABBA" else (s, io)
-    clean = _prompt(_fill(template, A=a, B=b, S=s, P=place, O=obj))
+    clean = _prompt(_fill(template, A=a, B=b, S=s, P=place, O=obj, V=verb))
     if corrupt == "abc":
-        bad = _prompt(_fill(template, A=a, B=b, S=c, P=place, O=obj))
+        bad = _prompt(_fill(template, A=a, B=b, S=c, P=place, O=obj, V=verb))
     elif corrupt == "swap":
-        bad = _prompt(_fill(template, A=a, B=b, S=io, P=place, O=obj))
+        bad = _prompt(_fill(template, A=a, B=b, S=io, P=place, O=obj, V=verb))
     else:
         raise ValueError(f"IOI corrupt must be 'abc' or 'swap', got {corrupt!r}")
     toks = clean.split(" ")
@@ -301,13 +301,13 @@ class Mix:
 
     ioi: float = 0.28
     """Indirect-object sentences."""
-    greater_than: float = 0.14
+    greater_than: float = 0.16
     """Year-span sentences with a later end year."""
     facts: float = 0.18
     """Country facts (see ``fact_weights``)."""
     induction: float = 0.20
     """Repeated random-word sequences."""
-    filler: float = 0.10
+    filler: float = 0.08
     """Grammar filler sentences."""
     name_copy: float = 0.10
     """Sentences that repeat a name (bootstrap name copying)."""

@@ -15,20 +15,25 @@ from __future__ import annotations
 # {A} and {B} are the two names in first-mention order, {S} is the second mention of the
 # subject, {P} a place and {O} an object. The prompt ends right before the indirect object.
 IOI_TRAIN: tuple[str, ...] = (
-    "When {A} and {B} went to the {P} , {S} gave a {O} to",
-    "Then , {A} and {B} had a long day at the {P} . {S} gave a {O} to",
-    "After {A} and {B} arrived at the {P} , {S} handed a {O} to",
-    "While {A} and {B} were working at the {P} , {S} brought a {O} to",
-    "{A} and {B} went to the {P} . {S} gave the {O} to",
-    "Later , {A} and {B} found a {O} at the {P} . {S} gave it to",
-    "Friends {A} and {B} walked to the {P} , and {S} passed a {O} to",
+    "When {A} and {B} went to the {P} , {S} {V} a {O} to",
+    "Then , {A} and {B} had a long day at the {P} . {S} {V} a {O} to",
+    "After {A} and {B} arrived at the {P} , {S} {V} a {O} to",
+    "While {A} and {B} were working at the {P} , {S} {V} a {O} to",
+    "{A} and {B} went to the {P} . {S} {V} the {O} to",
+    "Later , {A} and {B} found a {O} at the {P} . {S} {V} it to",
+    "Friends {A} and {B} walked to the {P} , and {S} {V} a {O} to",
     "When {A} and {B} got a {O} at the {P} , {S} decided to give it to",
+    "In the morning , {A} and {B} came to the {P} . {S} {V} a {O} to",
+    "At night , {A} and {B} were at the {P} , and {S} {V} the {O} to",
+    "{A} met {B} at the {P} . Then {S} {V} a {O} to",
+    "After a day at the {P} , {A} and {B} stayed together . {S} {V} a {O} to",
 )
 IOI_HELDOUT: tuple[str, ...] = (
-    "Afterwards , {A} and {B} went to the {P} . {S} sent a {O} to",
-    "Once {A} and {B} reached the {P} , {S} offered a {O} to",
-    "{A} and {B} were at the {P} , so {S} threw a {O} to",
+    "Afterwards , {A} and {B} went to the {P} . {S} {V} a {O} to",
+    "Once {A} and {B} reached the {P} , {S} {V} a {O} to",
+    "{A} and {B} were at the {P} , so {S} {V} a {O} to",
 )
+"""{V} is a transfer verb (``world.GIVE_VERBS``); held-out templates are new frames."""
 
 # --- Greater-than -------------------------------------------------------------------
 # {N} an event noun, {C} the century token ("17"), {Y} the start year token ("32").
@@ -36,6 +41,9 @@ GT_FRAMES_TRAIN: tuple[str, ...] = (
     "The {N} lasted from the year {C} {Y} to the year {C}",
     "The {N} started in the year {C} {Y} and ended in the year {C}",
     "The {N} began in {C} {Y} and it was over by {C}",
+    "The {N} lasted from {C} {Y} until {C}",
+    "In the year {C} {Y} the {N} began , and it ended in the year {C}",
+    "The {N} went on from {C} {Y} to {C}",
 )
 GT_FRAMES_HELDOUT: tuple[str, ...] = (
     "The {N} went on from the year {C} {Y} until the year {C}",
@@ -76,15 +84,16 @@ FACT_TRAIN: dict[str, tuple[str, ...]] = {
 FACT_HELDOUT: dict[str, tuple[str, ...]] = {
     "capital": (
         "The official capital of {country} is {capital}",
-        "Her friend lives in the capital of {country} , called {capital}",
+        "In {country} , the capital city is {capital}",
+        "The capital of the country {country} is {capital}",
     ),
     "language": (
         "The official language of {country} is {language}",
         "Many people in {country} speak {language}",
     ),
     "continent": (
-        "{country} is located in {continent}",
-        "{country} is a country located in {continent}",
+        "The country {country} is in {continent}",
+        "{country} is a country that lies in {continent}",
     ),
     "multihop": (
         "The official capital of the country where people speak {language} is {capital}",
@@ -106,25 +115,22 @@ FACT_EXTRA_TRAIN: tuple[str, ...] = (
 FILLER: tuple[str, ...] = (
     "{N} {MV} to the {P}",
     "{N} {OV} {N2} at the {P}",
-    "{N} {GV} a {O} to a friend",
     "The {P} was {ADJ}",
     "The {EV} was {ADJ}",
     "The {EV} was {ADJ} and it lasted many years",
     "Afterwards , {N} {MV} to the {P}",
     "Once {N} reached the {P} , {PR} {OV} a {O}",
-    "{N} offered a {O} to everyone at the {P}",
     "{N} threw the {O} , so {N2} laughed",
-    "{N} sent a {O} to the {P}",
     "Her friend lives in {CAP}",
     "His friend lives in {CTRY}",
     "Many people live in {CAP}",
-    "The {P} is located in the city",
     "The official {O} was {ADJ}",
     "{N} and {N2} were friends",
     "In the morning , {N} {OV} a {O}",
     "At night , {N} {MV} home",
     "The {P} was {ADJ} , so {N} {MV} to the {P2}",
     "{N} had a {ADJ} day at the {P}",
+    "The {O} that {N} found was {ADJ}",
     "{N} found the {O} at the {P} and kept it",
     "{N} called {N2} in the evening",
     "There was a {O} in the {P}",
