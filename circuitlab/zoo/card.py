@@ -171,8 +171,8 @@ BOS: prompts are written starting with `"<bos> "`.
 | seed | {cfg['seed']} |
 
 Throughput is limited by the CPU: two cores, fp32, matrices of width {cfg['d_model']} too
-small to use them well, so per-op overhead dominates (eager fp32 measured faster than
-`torch.compile` and bf16 here). The machine was shared with other jobs (test runs, package
+small to use them well, so per-op overhead dominates (`torch.compile` gave no measurable
+gain here, so the loop runs eager fp32). The machine was shared with other jobs (test runs, package
 installs) during training, so the figure above is below what the same loop reaches on an
 idle machine (~19k tokens/s measured for the GPT-2 config).
 

@@ -14,26 +14,56 @@ from __future__ import annotations
 # --- Indirect object identification -------------------------------------------------
 # {A} and {B} are the two names in first-mention order, {S} is the second mention of the
 # subject, {P} a place and {O} an object. The prompt ends right before the indirect object.
-IOI_TRAIN: tuple[str, ...] = (
-    "When {A} and {B} went to the {P} , {S} {V} a {O} to",
-    "Then , {A} and {B} had a long day at the {P} . {S} {V} a {O} to",
-    "After {A} and {B} arrived at the {P} , {S} {V} a {O} to",
-    "While {A} and {B} were working at the {P} , {S} {V} a {O} to",
-    "{A} and {B} went to the {P} . {S} {V} the {O} to",
-    "Later , {A} and {B} found a {O} at the {P} . {S} {V} it to",
-    "Friends {A} and {B} walked to the {P} , and {S} {V} a {O} to",
-    "When {A} and {B} got a {O} at the {P} , {S} decided to give it to",
-    "In the morning , {A} and {B} came to the {P} . {S} {V} a {O} to",
-    "At night , {A} and {B} were at the {P} , and {S} {V} the {O} to",
-    "{A} met {B} at the {P} . Then {S} {V} a {O} to",
-    "After a day at the {P} , {A} and {B} stayed together . {S} {V} a {O} to",
+IOI_OPENERS: tuple[str, ...] = (
+    "When {A} and {B} went to the {P} ,",
+    "Then , {A} and {B} had a long day at the {P} .",
+    "After {A} and {B} arrived at the {P} ,",
+    "While {A} and {B} were working at the {P} ,",
+    "{A} and {B} went to the {P} .",
+    "Later , {A} and {B} found a {O} at the {P} .",
+    "Friends {A} and {B} walked to the {P} ,",
+    "In the morning , {A} and {B} came to the {P} .",
+    "At night , {A} and {B} were at the {P} ,",
+    "{A} met {B} at the {P} .",
+    "Afterwards , {A} and {B} went to the {P} .",
+    "Once {A} and {B} reached the {P} ,",
+    "{A} and {B} were at the {P} ,",
+    "After a day at the {P} , {A} and {B} stayed together .",
 )
-IOI_HELDOUT: tuple[str, ...] = (
-    "Afterwards , {A} and {B} went to the {P} . {S} {V} a {O} to",
-    "Once {A} and {B} reached the {P} , {S} {V} a {O} to",
-    "{A} and {B} were at the {P} , so {S} {V} a {O} to",
+"""How the two names are introduced; ends with ``,`` or ``.``."""
+IOI_CONNECTORS: dict[str, tuple[str, ...]] = {
+    ",": ("", "and", "so", "then"),
+    ".": ("", "Then", "Later ,"),
+}
+"""What may follow an opener ending in ``,`` / ``.`` before the subject's second mention."""
+IOI_ENDINGS: tuple[str, ...] = (
+    "{S} {V} a {O} to",
+    "{S} {V} the {O} to",
+    "{S} decided to give a {O} to",
 )
-"""{V} is a transfer verb (``world.GIVE_VERBS``); held-out templates are new frames."""
+"""The second mention of the subject and the transfer; the prompt ends before the IO."""
+
+
+def _ioi_frames() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """All opener x connector x ending frames, split 4:1 into train and held-out.
+
+    Held-out frames are combinations never trained on; every part occurs in training.
+    """
+    train, held = [], []
+    for i, op in enumerate(IOI_OPENERS):
+        for j, conn in enumerate(IOI_CONNECTORS[op[-1]]):
+            for k, end in enumerate(IOI_ENDINGS):
+                frame = " ".join(x for x in (op, conn, end) if x)
+                (held if (i + 2 * j + 3 * k) % 5 == 0 else train).append(frame)
+    # A held-out frame inside a training frame ("X ..." within "Afterwards , X ...") was
+    # seen in training after all: move it to the training side.
+    seen = [h for h in held if any(h in t for t in train)]
+    return tuple(train + seen), tuple(h for h in held if h not in seen)
+
+
+IOI_TRAIN, IOI_HELDOUT = _ioi_frames()
+"""IOI frames: {A} and {B} are the names in first-mention order, {S} the subject's second
+mention, {P} a place, {O} an object, {V} a transfer verb (``world.GIVE_VERBS``)."""
 
 # --- Greater-than -------------------------------------------------------------------
 # {N} an event noun, {C} the century token ("17"), {Y} the start year token ("32").
