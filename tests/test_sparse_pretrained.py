@@ -23,5 +23,10 @@ def test_shipped_coder_meets_quality_gates(folder):
     for key, (limit, kind) in GATES.items():
         if key not in m or m[key] is None:
             continue  # crosscoders across checkpoints have no single model to splice into
+        if key == "ce_recovered" and m.get("ce_zero_ablation", 1e9) - m.get("ce_clean", 0) < 0.01:
+            # Zero-ablating this site does not raise the loss (gpt2-zoo's layer-1 MLP), so CE-loss
+            # recovered divides by ~0 and says nothing; the KL to the clean model is the gate here.
+            assert m["kl_coder"] <= 0.05, f"{folder.name}: KL {m['kl_coder']:.4f} with the coder spliced in"
+            continue
         ok = m[key] <= limit if kind == "max" else m[key] >= limit
         assert ok, f"{folder.name}: {key} = {m[key]:.4f} misses the gate ({kind} {limit})"
