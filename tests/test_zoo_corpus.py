@@ -152,3 +152,20 @@ def test_zoo_registry():
         assert (model_dir(name) / "config.json").exists()
     with pytest.raises(ValueError, match="bundled models"):
         model_dir("no-such-model")
+
+
+def test_bundled_models_load_offline_and_solve_ioi():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    for name in list_models():
+        folder = model_dir(name)
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+        assert tok("Mary", add_special_tokens=False).input_ids == tok("Mary").input_ids
+        assert tok.bos_token_id == 0 and len(tok("Mary").input_ids) == 1
+        exs = corpus.ioi(8, seed=11, split="heldout")
+        for ex in exs:
+            ids = torch.tensor([tok(ex["clean"], add_special_tokens=False).input_ids])
+            with torch.no_grad():
+                top = model(input_ids=ids).logits[0, -1].argmax().item()
+            assert top == tok.convert_tokens_to_ids(ex["io"]), (name, ex["clean"])
