@@ -116,6 +116,9 @@ def _export(cfg: ZooConfig, model: PreTrainedModel, work_dir: Path, out_dir: Pat
     snaps = work_dir / "snapshots"
     if snaps.exists():
         shutil.copytree(snaps, tmp / "checkpoints")
+        for snap in (tmp / "checkpoints").iterdir():  # each checkpoint is a complete HF folder
+            if snap.is_dir():
+                save_tokenizer(snap)
     log = {k: meta[k] for k in ("step", "tokens", "elapsed_s", "losses", "snapshots")}
     log["tokens_per_s"] = meta["tokens"] / max(meta["elapsed_s"], 1e-9)
     log["config"] = asdict(cfg)
