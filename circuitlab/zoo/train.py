@@ -30,13 +30,12 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from . import MODELS_DIR
 from .configs import ZooConfig, get_config
 from .packing import pack_batch
 from .tokenizer import build_raw_tokenizer, save_tokenizer, vocabulary
 from .trainstate import load_state, save_state
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
-"""Where bundled models live inside the package."""
 
 
 @dataclass
