@@ -25,37 +25,19 @@ from circuitlab.engine.gradients import backward_rule
 ATTENTION_RULES = ("pattern", "attnlrp")
 
 
-def _module(bridge, path: str):
-    mod = bridge
-    for part in path.split("."):
-        mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
-    return mod
-
-
 def _norm_hooks(bridge, path: str):
-    ln = _module(bridge, path)
-    comp = ln.original_component
-    eps = getattr(comp, "eps", None) or getattr(comp, "variance_epsilon", None) or 1e-5
-    rms = bool(getattr(ln, "uses_rms_norm", False))
-    weight = getattr(ln, "weight", None)
-    if weight is not None and getattr(ln, "uses_weight_offset", False):
-        weight = 1.0 + weight
-    bias = getattr(comp, "bias", None) if not rms else None
+    """LN-rule at one norm: its forward output, the gradient with the normaliser held constant."""
+    from circuitlab.engine.frozen import apply_norm, norm_params, norm_scale
+
+    p = norm_params(bridge, path)
     state = {}
 
     def take_input(x):
         state["x"] = x
 
     def rule(y):
-        x = state.pop("x").float()
-        xc = x if rms else x - x.mean(-1, keepdim=True)
-        scale = (xc.pow(2).mean(-1, keepdim=True) + float(eps)).sqrt().detach()
-        s = xc / scale
-        if weight is not None:
-            s = s * weight
-        if bias is not None:
-            s = s + bias
-        return backward_rule(y, s.to(y.dtype))
+        x = state.pop("x")
+        return backward_rule(y, apply_norm(p, x, norm_scale(p, x).detach()).to(y.dtype))
 
     return [(f"{path}.hook_in", take_input), (f"{path}.hook_out", rule)]
 
