@@ -15,6 +15,8 @@ from typing import Optional
 
 from tqdm.auto import tqdm
 
+from circuitlab.viz.attention import attention_figure
+
 
 def _agreement_rows(results: dict, exact) -> list:
     import circuitlab as cl
@@ -58,6 +60,12 @@ def analyse(model, task, report, out: Path, label: str, steps) -> dict:
                "shows where the deciding information sits at each layer; the head sweep shows which heads carry it.",
                resid.plot("Exact patching: resid_pre [layer, position]"), heads.plot("Exact patching: heads [layer, head]"),
                [["head", "effect"]] + [[l, v] for l, v in heads.top(6)])
+    top = [_layer_head(lbl) for lbl, _ in heads.top(3)]
+    report.add(f"{label}: attention of the top heads",
+               "Attention patterns of the three heads with the largest exact patching effect on the first clean "
+               "prompt (query rows, key columns): where each head reads from at the answer position.",
+               attention_figure(model, task.clean_tokens[:1, : int(task.metric.positions[0].max()) + 1], top,
+                                "Attention of the top heads by exact patching"))
     steps.update(1)
     fast = {"atp*": cl.patch(model, task, "heads_all", method="atp*"), "relp": cl.patch(model, task, "heads_all", method="relp"),
             "atp": cl.patch(model, task, "heads_all", method="atp")}
@@ -72,6 +80,34 @@ def analyse(model, task, report, out: Path, label: str, steps) -> dict:
     for extra in _optional_sections():
         extra(model, task, report, out, label, summary)
     return summary
+
+
+def _layer_head(label: str) -> tuple[int, int]:
+    """'L3.H1' (a head label) -> (3, 1)."""
+    from circuitlab.engine.sites import Node
+
+    node = Node.parse(label)
+    return node.layer, node.head
+
+
+def head_kinds_section(model, report) -> dict:
+    """Head-detector scores of every head, with the strongest head of each kind."""
+    from circuitlab.methods.head_detectors import head_scores
+    from circuitlab.viz.attention import head_scores_figure
+
+    scores = head_scores(model)
+    kinds = scores.meta["kinds"]
+    best = []
+    for i, kind in enumerate(kinds):
+        flat = int(scores.values[i].flatten().argmax())
+        layer, head = divmod(flat, model.n_heads)
+        best.append([kind, f"L{layer}.H{head}", round(float(scores.values[i, layer, head]), 3)])
+    report.add("Head detectors",
+               "Every head scored as previous-token, duplicate-token and induction head (mean attention to the "
+               "expected key on repeated random token sequences) and as a copying head (eigenvalue score of its "
+               "OV circuit through the unembedding; 1 means it copies what it attends to).",
+               head_scores_figure(scores), [["kind", "strongest head", "score"]] + best)
+    return {row[0]: row[1:] for row in best}
 
 
 def _optional_sections():
@@ -104,7 +140,7 @@ def run_demo(model: Optional[str] = None, task: Optional[str] = None, out: str |
     m = _load_model(model)
     steps.update(1)
     report = Report(f"circuitlab demo: {m.name}")
-    summary = {}
+    summary = {"head_kinds": head_kinds_section(m, report)}
     for tname in tasks:
         t = _task(m, tname, n, 0)
         summary[t.name] = analyse(m, t, report, out, t.name, steps)

@@ -86,6 +86,22 @@ def test_restart_skips_earlier_layers_and_positions(tiny_model, arch):
         assert torch.allclose(out, full[:, 5:], atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_last_mlp_runs_only_at_read_positions(tiny_model, arch):
+    m = tiny_model(arch)
+    last = f"blocks.{m.n_layers - 1}.hook_mlp_out"
+    pos = torch.randint(0, TOKS.shape[1], (TOKS.shape[0], 2))
+    rows = torch.arange(TOKS.shape[0])[:, None]
+    shapes = []
+    with torch.no_grad():
+        full = run_to_final(m, TOKS)
+        part = run_to_final(m, TOKS, [(last, lambda x: shapes.append(tuple(x.shape)))], read_positions=pos)
+        again = run_to_final(m, TOKS)
+    assert shapes == [(TOKS.shape[0], 2, m.d_model)]  # the MLP saw the read positions only
+    assert torch.allclose(part[rows, pos], full[rows, pos], atol=1e-5)
+    assert torch.equal(again, full)  # the MLP is restored afterwards
+
+
 def resid_at(m, layer):
     return capture(m, TOKS, [f"blocks.{layer}.hook_resid_pre"])[f"blocks.{layer}.hook_resid_pre"]
 

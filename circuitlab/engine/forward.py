@@ -43,10 +43,14 @@ def run_to_final(
     hooks: Iterable[tuple[str, Callable]] = (),
     restart: Optional[Restart] = None,
     kv_cache=None,
+    read_positions: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Run ``tokens`` [batch, pos] with ``hooks``; return the residual entering the final norm
     ([batch, pos - start_pos, d_model]). ``kv_cache``: an empty HF DynamicCache to fill with the
-    run's keys/values (for later restarts)."""
+    run's keys/values (for later restarts). ``read_positions`` [batch, k] (relative to
+    ``start_pos``): the only positions the caller will read; the last block's MLP then runs on
+    those alone (the rest of the returned residual is not the model's). Callers must not hook
+    the last block's MLP when they pass it."""
     bridge = model.bridge
     hooks = list(hooks) + [("ln_final.hook_in", _stop)]
     kwargs: dict = {}
@@ -68,7 +72,7 @@ def run_to_final(
         tokens.shape[0], T
     )
     skip = restart.layer if restart is not None else 0
-    with scoped_hooks(bridge, hooks, pre), _skip_blocks(model, skip):
+    with scoped_hooks(bridge, hooks, pre), _skip_blocks(model, skip), _last_mlp_at(model, read_positions):
         try:
             bridge(tokens, return_type=None, **kwargs)
         except _FinalResidual as done:
@@ -129,6 +133,45 @@ class _skip_blocks:
         if self.first > 0:
             m = self.model
             setattr(m.layers_owner, m.layers_attr, m.layers)
+        return False
+
+
+class _RowsOnly(torch.nn.Module):
+    """An MLP applied at chosen (row, position) pairs only; zeros elsewhere."""
+
+    def __init__(self, mlp: torch.nn.Module, positions: torch.Tensor):
+        super().__init__()
+        self.mlp, self.positions = mlp, positions
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        pos = self.positions.to(x.device)
+        rows = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(pos)
+        y = self.mlp(x[rows, pos], *args, **kwargs)
+        out = x.new_zeros(x.shape[:-1] + y.shape[-1:])
+        out[rows, pos] = y
+        return out
+
+
+class _last_mlp_at:
+    """Temporarily run the last block's MLP only where the caller reads: in the last block a
+    position's MLP output reaches no other position, and the MLP is most of the block's work."""
+
+    def __init__(self, model, positions: Optional[torch.Tensor]):
+        self.model, self.positions, self.owner = model, positions, None
+
+    def __enter__(self):
+        if self.positions is None:
+            return
+        block = self.model.layers[-1]
+        owner = getattr(block, "_original_component", block)
+        mlp = getattr(owner, "mlp", None)
+        if isinstance(mlp, torch.nn.Module):
+            self.owner, self.mlp = owner, mlp
+            owner.mlp = _RowsOnly(mlp, self.positions)
+
+    def __exit__(self, *exc):
+        if self.owner is not None:
+            self.owner.mlp = self.mlp
         return False
 
 

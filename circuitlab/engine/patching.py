@@ -126,7 +126,8 @@ def patch_nodes(
         hooks = [(f"blocks.{l}.hook_resid_pre", keep(l)) for l in layers_needed]
         base_final = run_to_final(model, base_tokens, hooks, kv_cache=kv)
         base_kv = kv_tensors(kv) if kv is not None else None
-        baseline = metric.per_prompt(final_logits(model, gather_positions(base_final, positions, rows_b)), rows_b)
+        base_at_metric = gather_positions(base_final, positions, rows_b)
+        baseline = metric.per_prompt(final_logits(model, base_at_metric), rows_b)
 
     pos_of = [[node_positions(n, roles, B, dev) for n in p] for p in patches]
     start_of = [min(0 if q is None else int(q.min()) for q in ps) if ps else T for ps in pos_of]
@@ -154,15 +155,23 @@ def patch_nodes(
             if start > 0:
                 past = [(a[:, :, :start].repeat(k, 1, 1, 1), b[:, :, :start].repeat(k, 1, 1, 1)) for a, b in base_kv]
             restart = Restart(layer0, resid_pre[layer0][:, start:].repeat(k, 1, 1), start, past)
+        rows = rows_b.repeat(k)
+        rel = positions[rows] - start  # metric positions in this pass's recomputed span
+        read = None if any(_in_last_mlp(model, n) for i in chunk for n in patches[i]) else rel.clamp(min=0)
         with torch.no_grad():
-            new = run_to_final(model, tokens, hooks, restart)
-            if start > 0:
-                new = torch.cat([base_final[:, :start].repeat(k, 1, 1), new], dim=1)
-            rows = rows_b.repeat(k)
-            vals = metric.per_prompt(final_logits(model, gather_positions(new, positions, rows)), rows)
+            new = run_to_final(model, tokens, hooks, restart, read_positions=read)
+            final = new.gather(1, rel.clamp(min=0)[..., None].expand(-1, -1, new.shape[-1]))
+            if start > 0:  # metric positions before the restart keep their base values
+                final = torch.where((rel >= 0)[..., None], final, base_at_metric.repeat(k, 1, 1))
+            vals = metric.per_prompt(final_logits(model, final), rows)
         out[torch.tensor(chunk, device=dev)] = vals.view(k, B).to(acc)
         passes += 1
     return PatchRun(out, baseline.to(acc), passes, K)
+
+
+def _in_last_mlp(model, node: Node) -> bool:
+    """Whether a patch acts inside the last block's MLP (which may then run at read positions only)."""
+    return node.layer == model.n_layers - 1 and node.family in ("mlp_out", "neurons", "latents")
 
 
 def plan_chunks(order, layer_of, start_of, n_layers, T, cap, max_waste, restart=True, positions=True):
