@@ -8,11 +8,12 @@ Decoder rows are kept at unit norm so the encoder cannot game the top-k by scale
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from circuitlab.sparse.base import CoderConfig, LossContext, LossOut, SparseCoder, register
+from circuitlab.sparse.sparse_grad import pre_at, topk_pre
 
 
 class _LazyDense:
@@ -57,8 +58,10 @@ def sparse_decode(coder: SparseCoder, idx: torch.Tensor, vals: torch.Tensor) -> 
     return torch.nn.functional.embedding_bag(idx, coder.W_dec, per_sample_weights=vals, mode="sum")
 
 
-def aux_k_loss(coder: SparseCoder, h: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, ctx: LossContext) -> torch.Tensor:
-    """min(n_dead / k_aux, 1) * mean ||e - TopK_dead(h) @ W_dec||^2 with e = y - y_hat (detached)."""
+def aux_k_loss(coder: SparseCoder, h: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, ctx: LossContext,
+               dead_pre: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+    """min(n_dead / k_aux, 1) * mean ||e - TopK_dead(h) @ W_dec||^2 with e = y - y_hat (detached).
+    ``dead_pre(columns)``: pre-activations of those latents with a graph (default: columns of h)."""
     cfg = coder.cfg
     if ctx.dead is None or not bool(ctx.dead.any()):
         return torch.zeros((), device=h.device)
@@ -66,7 +69,8 @@ def aux_k_loss(coder: SparseCoder, h: torch.Tensor, y: torch.Tensor, y_hat: torc
     k_aux = cfg.aux_k if cfg.aux_k is not None else max(1, cfg.d_in // 2)
     kk = min(k_aux, n_dead)
     dead_idx = ctx.dead.nonzero().squeeze(-1).to(h.device)
-    vals, j = torch.relu(h.index_select(1, dead_idx)).topk(kk, dim=-1, sorted=False)  # only dead columns
+    h_dead = dead_pre(dead_idx) if dead_pre is not None else h.index_select(1, dead_idx)
+    vals, j = torch.relu(h_dead).topk(kk, dim=-1, sorted=False)  # only dead columns
     idx = dead_idx[j]
     e = (y - y_hat).detach()
     e_hat = sparse_decode(coder, idx, vals)
@@ -91,14 +95,20 @@ class TopKCoder(SparseCoder):
         ctx = ctx or LossContext()
         x = self.flat_in(x)
         y = x if y is None else self.flat_in(y)
-        h = self.pre(x)
-        vals, idx = h.topk(self.cfg.k, dim=-1, sorted=False)
+        x_enc = x - self.b_dec if self.cfg.b_dec_in else x
+        if x.dim() == 2:  # encoder gradients at the k chosen latents only (sparse_grad.py)
+            vals, idx, h = topk_pre(x_enc, self.W_enc, self.b_enc, self.cfg.k)
+            dead_pre = lambda cols: pre_at(x_enc, self.W_enc, self.b_enc, cols)  # noqa: E731
+        else:
+            h = self.pre(x)
+            vals, idx = h.topk(self.cfg.k, dim=-1, sorted=False)
+            dead_pre = None
         vals = torch.relu(vals)
         y_hat = sparse_decode(self, idx, vals) + self.b_dec
         if self.W_skip is not None:
             y_hat = y_hat + x @ self.W_skip
         recon = (y_hat - y).pow(2).sum(-1).mean()
-        sp = self.sparsity_loss(None, h, x, y, y_hat, ctx)
+        sp = self.cfg.aux_coeff * aux_k_loss(self, h, y, y_hat, ctx, dead_pre)
         with torch.no_grad():
             on = vals > 0
             fired = torch.zeros(self.d_sae, dtype=torch.long, device=x.device).index_add_(
