@@ -11,6 +11,18 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 from tiny import IOI_PAIRS, save_tiny  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Trainer state and caches written by the tests go to a temporary folder, not ~/.cache."""
+    old = os.environ.get("CIRCUITLAB_CACHE")
+    os.environ["CIRCUITLAB_CACHE"] = str(tmp_path_factory.mktemp("circuitlab-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CIRCUITLAB_CACHE", None)
+    else:
+        os.environ["CIRCUITLAB_CACHE"] = old
+
+
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("CIRCUITLAB_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
         return

@@ -31,6 +31,16 @@ def _load(name: str, device: str):
     return cl.load(name, device=device)
 
 
+def state_dir(out: Path, names: list[str]) -> Path:
+    """Resumable trainer state of one group of coders, outside ``out`` (which may sit inside the
+    installed package): ``$CIRCUITLAB_CACHE/sparse-train/<out hash>/<coder names>``."""
+    import os
+
+    root = Path(os.environ.get("CIRCUITLAB_CACHE", str(Path.home() / ".cache" / "circuitlab")))
+    key = hashlib.sha1(str(Path(out).resolve()).encode()).hexdigest()[:12]
+    return root / "sparse-train" / key / "+".join(names)
+
+
 def train_file(tf: TrainFile, models: Optional[dict] = None) -> dict[str, dict]:
     """Train every coder of ``tf``; return {coder name: metrics}. ``models`` ({name: Model})
     skips loading (tests pass tiny models)."""
@@ -87,7 +97,7 @@ def train_file(tf: TrainFile, models: Optional[dict] = None) -> dict[str, dict]:
                              rank=comm.rank, world=comm.world, buffer_shards=run.buffer_shards)
         sample = shard_fn(0)
         sample = sample.index(torch.arange(min(len(sample), tf.train.init_tokens)))
-        trainer = Trainer(coders, loader, tf.train, out / f"group{gi}", comm)
+        trainer = Trainer(coders, loader, tf.train, state_dir(out, [n for n, _ in members]), comm)
         trainer.run(sample=sample)
         if comm.rank != 0:
             continue
