@@ -97,9 +97,19 @@ def kv_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _cache_from(model, past):
+    """A DynamicCache holding ``past``. Plain layers take the tensors as they are (``update``
+    would copy them once more); other layer kinds (sliding windows) go through ``update``.
+    Restarts built this way are checked against full runs at load (models/checks.py)."""
+    from transformers.cache_utils import DynamicLayer
+
     cache = new_kv_cache(model)
     for i, (k, v) in enumerate(past):
-        cache.update(k, v, i)
+        layer = cache.layers[i] if i < len(getattr(cache, "layers", ())) else None
+        if type(layer) is DynamicLayer and hasattr(layer, "is_initialized"):
+            layer.dtype, layer.device = k.dtype, k.device
+            layer.keys, layer.values, layer.is_initialized = k, v, True
+        else:
+            cache.update(k, v, i)
     return cache
 
 

@@ -153,7 +153,7 @@ def patch_nodes(
         if layer0 > 0 or start > 0:
             past = None
             if start > 0:
-                past = [(a[:, :, :start].repeat(k, 1, 1, 1), b[:, :, :start].repeat(k, 1, 1, 1)) for a, b in base_kv]
+                past = [_past_rows(a, b, start, k, active=l >= layer0) for l, (a, b) in enumerate(base_kv)]
             restart = Restart(layer0, resid_pre[layer0][:, start:].repeat(k, 1, 1), start, past)
         rows = rows_b.repeat(k)
         rel = positions[rows] - start  # metric positions in this pass's recomputed span
@@ -167,6 +167,16 @@ def patch_nodes(
         out[torch.tensor(chunk, device=dev)] = vals.view(k, B).to(acc)
         passes += 1
     return PatchRun(out, baseline.to(acc), passes, K)
+
+
+def _past_rows(keys: torch.Tensor, values: torch.Tensor, start: int, k: int, active: bool):
+    """Cached keys/values of positions < start for k copies of the batch. Layers before the
+    restart never run, so theirs are zero-copy views of the right shape (the cache reads only
+    their length)."""
+    if active:
+        return keys[:, :, :start].repeat(k, 1, 1, 1), values[:, :, :start].repeat(k, 1, 1, 1)
+    shape = (k * keys.shape[0],) + tuple(keys.shape[1:2]) + (start,) + tuple(keys.shape[3:])
+    return keys[:1, :, :start].expand(shape), values[:1, :, :start].expand(shape)
 
 
 def _in_last_mlp(model, node: Node) -> bool:
