@@ -87,3 +87,13 @@ expansion = 2
     assert main(["eval", str(out / "k4"), "--docs", "8", "--ctx-len", "24"]) == 0
     assert "ce_recovered" in capsys.readouterr().out
     assert json.loads((out / "k4/metrics.json").read_text())["tokens"] > 0
+
+
+def test_trainer_state_lives_outside_the_output_folder(tmp_path):
+    from circuitlab.sparse.run import state_dir
+
+    out = tmp_path / "pretrained" / "model"
+    a, b = state_dir(out, ["resid_L0"]), state_dir(out, ["transcoder_L0"])
+    assert a != b  # two configs writing one folder never resume each other's state
+    assert out.resolve() not in a.resolve().parents  # nothing but finished coders lands in out
+    assert state_dir(out, ["resid_L0"]) == a  # the same run finds its state again
