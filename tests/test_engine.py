@@ -117,6 +117,24 @@ def test_patch_sweep_restarts_at_patched_layer(gpt2, ioi_pairs):
     assert len(calls[3:]) == run.forward_passes
 
 
+@pytest.mark.parametrize("family", ["resid_pre", "heads", "neurons"])
+def test_noop_patches_skipped_with_the_same_values(gpt2, ioi_pairs, family):
+    task = cl.tasks.from_pairs(gpt2, ioi_pairs)
+    T = task.clean_tokens.shape[1]
+    first_diff = int((task.clean_tokens != task.corrupt_tokens).any(0).nonzero()[0])
+    assert first_diff > 0  # the prompts share a prefix: patches there change nothing
+    extra = {"heads": dict(head=1), "neurons": dict(unit=3)}.get(family, {})
+    nodes = [Node(l, family, pos=p, **extra) for l in range(gpt2.n_layers) for p in range(T)]
+    source = capture(gpt2, task.clean_tokens, sorted({n.hook for n in nodes}))
+    fast = patch_nodes(gpt2, task.corrupt_tokens, source, nodes, task.metric)
+    slow = patch_nodes(gpt2, task.corrupt_tokens, source, nodes, task.metric, skip_noops=False)
+    assert slow.skipped == 0 and fast.skipped >= gpt2.n_layers * first_diff
+    assert fast.forward_passes <= slow.forward_passes
+    assert torch.allclose(fast.per_prompt, slow.per_prompt, atol=1e-5)
+    skipped_rows = [i for i, n in enumerate(nodes) if n.pos < first_diff]
+    assert torch.equal(fast.per_prompt[skipped_rows], fast.baseline.expand(len(skipped_rows), -1))
+
+
 def test_memory_cap_changes_chunk_not_values(gpt2, ioi_pairs):
     task = cl.tasks.from_pairs(gpt2, ioi_pairs)
     small = chunk_size_for(gpt2, 3, 15, 1, 10_000, memory_bytes=1)

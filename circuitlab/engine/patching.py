@@ -33,6 +33,9 @@ class PatchRun:
     """[prompts] the unpatched base run."""
     forward_passes: int
     chunk_size: int
+    skipped: int = 0
+    """Patches that write exactly the value already there (e.g. positions before the first
+    token where clean and corrupt prompts differ): their result is the base run's, no pass."""
 
 
 def node_positions(node: Node, roles: dict[str, torch.Tensor], n_prompts: int, device) -> Optional[torch.Tensor]:
@@ -100,9 +103,12 @@ def patch_nodes(
     memory_bytes: Optional[int] = None,
     progress: bool = False,
     max_waste: Optional[float] = None,
+    skip_noops: bool = True,
 ) -> PatchRun:
     """Apply each patch (a node, or a set of nodes patched together) to all prompts, taking
-    values from ``source`` ({hook name: [prompts, pos, ...]}); return per-prompt metric values."""
+    values from ``source`` ({hook name: [prompts, pos, ...]}); return per-prompt metric values.
+    ``skip_noops``: a patch whose source values equal the base run's bit for bit at every node
+    it patches changes nothing, so it gets the base run's metric without a pass."""
     roles = roles or {}
     B, T = base_tokens.shape
     dev = base_tokens.device
@@ -121,21 +127,36 @@ def patch_nodes(
 
         return fn
 
+    same: dict[str, torch.Tensor] = {}  # hook -> where the source value equals the base value
+
+    def compare(name, family):
+        def fn(x):
+            same[name] = _equal_mask(source[name], x, family)
+
+        return fn
+
+    families = {n.hook: n.family for n in flat}
     with torch.no_grad():
         kv = new_kv_cache(model) if model.fast_positions else None
         hooks = [(f"blocks.{l}.hook_resid_pre", keep(l)) for l in layers_needed]
+        if skip_noops:
+            hooks += [(name, compare(name, fam)) for name, fam in families.items() if name in source]
         base_final = run_to_final(model, base_tokens, hooks, kv_cache=kv)
         base_kv = kv_tensors(kv) if kv is not None else None
         base_at_metric = gather_positions(base_final, positions, rows_b)
         baseline = metric.per_prompt(final_logits(model, base_at_metric), rows_b)
 
     pos_of = [[node_positions(n, roles, B, dev) for n in p] for p in patches]
-    start_of = [min(0 if q is None else int(q.min()) for q in ps) if ps else T for ps in pos_of]
-    layer_of = [min((n.layer for n in p), default=model.n_layers - 1) for p in patches]
-    order = sorted(range(len(patches)), key=lambda i: (layer_of[i], start_of[i], i))
-    K = chunk_size_for(model, B, T, positions.shape[1], max_patches_per_pass, memory_bytes)
     acc = torch.promote_types(torch.float32, model.dtype)  # float64 models keep float64 metrics
     out = torch.empty(len(patches), B, device=dev, dtype=acc)
+    noop = [bool(p) and all(_unchanged(same.get(n.hook), n, q) for n, q in zip(p, qs))
+            for p, qs in zip(patches, pos_of)]
+    for i in (i for i, z in enumerate(noop) if z):
+        out[i] = baseline.to(acc)  # writes the value already there: the base run, exactly
+    start_of = [min(0 if q is None else int(q.min()) for q in ps) if ps else T for ps in pos_of]
+    layer_of = [min((n.layer for n in p), default=model.n_layers - 1) for p in patches]
+    order = sorted((i for i in range(len(patches)) if not noop[i]), key=lambda i: (layer_of[i], start_of[i], i))
+    K = chunk_size_for(model, B, T, positions.shape[1], max_patches_per_pass, memory_bytes)
     passes = 0
     waste = max_waste if max_waste is not None else (0.5 if dev.type == "cuda" else 0.15)
     chunks = plan_chunks(order, layer_of, start_of, model.n_layers, T, K, waste,
@@ -166,7 +187,28 @@ def patch_nodes(
             vals = metric.per_prompt(final_logits(model, final), rows)
         out[torch.tensor(chunk, device=dev)] = vals.view(k, B).to(acc)
         passes += 1
-    return PatchRun(out, baseline.to(acc), passes, K)
+    return PatchRun(out, baseline.to(acc), passes, K, sum(noop))
+
+
+def _equal_mask(src: torch.Tensor, base: torch.Tensor, family: str) -> torch.Tensor:
+    """[prompts, pos(, head or unit)]: True where the source value equals the base value."""
+    eq = src.to(base.device, base.dtype) == base
+    if family in HEAD_FAMILIES or family not in UNIT_FAMILIES:
+        eq = eq.all(-1)  # whole vectors (per head for head families)
+    return eq
+
+
+def _unchanged(same: Optional[torch.Tensor], node: Node, pos: Optional[torch.Tensor]) -> bool:
+    """Whether patching ``node`` writes, in every prompt, exactly the value already there."""
+    if same is None or node.family == "pattern":
+        return False
+    if node.family in HEAD_FAMILIES:
+        same = same[..., node.head]
+    elif node.family in UNIT_FAMILIES:
+        same = same[..., node.unit]
+    if pos is None:
+        return bool(same.all())
+    return bool(same[torch.arange(same.shape[0], device=same.device), pos.to(same.device)].all())
 
 
 def _past_rows(keys: torch.Tensor, values: torch.Tensor, start: int, k: int, active: bool):

@@ -56,4 +56,5 @@ def exact(
     values = (patched - baseline).reshape(grid.shape).cpu()
     cost = Cost(forward_passes=run.forward_passes + 2, seconds=time.perf_counter() - t0)
     return Result(values, [str(n) for n in grid.nodes], grid.dims, "exact", sites, direction,
-                  m.name, baseline, cost, meta={"chunk_size": run.chunk_size, "positions": positions})
+                  m.name, baseline, cost, meta={"chunk_size": run.chunk_size, "positions": positions,
+                                              "skipped_noop_patches": run.skipped})
