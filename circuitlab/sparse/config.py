@@ -54,6 +54,9 @@ class RunConfig:
     """Evaluate each coder on held-out documents after training."""
     eval_docs: int = 128
     """Held-out documents for evaluation."""
+    density_html: bool = True
+    """Write each coder's latent-density histogram (density.html, several MB of inline plotly);
+    false for coders shipped inside the package (``circuitlab eval`` regenerates it)."""
     seed: int = 0
     """Loader shuffling seed."""
 

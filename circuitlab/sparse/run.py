@@ -112,8 +112,9 @@ def train_file(tf: TrainFile, models: Optional[dict] = None) -> dict[str, dict]:
             if run.evaluate:
                 m.update(evaluate(ms, coder.to(device), n_docs=run.eval_docs, ctx_len=run.ctx_len))
                 dens = m.pop("_density")
-                atomic_write(folder / "density.html", lambda t, d=dens, n=name: density_histogram(d, n).write_html(t))
-                m["density_file"] = "density.html"
+                if run.density_html:
+                    atomic_write(folder / "density.html", lambda t, d=dens, n=name: density_histogram(d, n).write_html(t))
+                    m["density_file"] = "density.html"
             save_metrics(m, folder / "metrics.json")
             results[name] = m
     if comm.rank == 0:
