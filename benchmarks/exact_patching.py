@@ -56,11 +56,18 @@ def main() -> None:
                 ref, t_tl = timed(lambda: tl_fn(b, task.corrupt_tokens, clean_cache, metric))
             r, t_cl = timed(lambda: cl.patch(model, task, sites, layers=layers if sites == "heads" else None, progress=False))
             diff = float((r.patched - ref).abs().max())
+            # the same sweep without skipping patches that write the value already there
+            r2, t_all = timed(lambda: cl.patch(model, task, sites, layers=layers if sites == "heads" else None,
+                                               progress=False, skip_noops=False))
             figures[name] = {"transformer_lens_s": t_tl, "circuitlab_s": t_cl, "speedup": t_tl / t_cl,
                              "max_abs_diff": diff, "patches": r.values.numel(), "chunk": r.meta["chunk_size"],
-                             "passes": r.cost.forward_passes}
+                             "passes": r.cost.forward_passes, "skipped_noop_patches": r.meta["skipped_noop_patches"],
+                             "circuitlab_no_skip_s": t_all, "speedup_no_skip": t_tl / t_all,
+                             "max_abs_diff_no_skip": float((r2.patched - ref).abs().max())}
             print(f"{name}: TL {t_tl:.2f}s  circuitlab {t_cl:.2f}s  speedup {t_tl / t_cl:.2f}x  "
-                  f"max|diff| {diff:.2e}  ({r.values.numel()} patches, {r.cost.forward_passes} passes)")
+                  f"max|diff| {diff:.2e}  ({r.values.numel()} patches, {r.meta['skipped_noop_patches']} no-ops "
+                  f"skipped, {r.cost.forward_passes} passes); without skipping no-ops {t_all:.2f}s, "
+                  f"{t_tl / t_all:.2f}x")
         # cache overhead: one cached site vs plain bridge forward vs plain HF forward
         toks = task.clean_tokens
         hf = b.original_model

@@ -39,6 +39,7 @@ def exact(
     memory_bytes: Optional[int] = None,
     progress: bool = True,
     max_waste: Optional[float] = None,
+    skip_noops: bool = True,
     **_,
 ) -> Result:
     """Patch every node of ``sites`` one at a time; see circuitlab.methods.grid for site specs."""
@@ -49,7 +50,7 @@ def exact(
     hooks = sorted({n.hook for n in grid.nodes})
     source = capture(model, src_tokens, hooks)
     run = patch_nodes(model, base, source, grid.nodes, task.metric, task.roles,
-                      max_patches_per_pass, memory_bytes, progress, max_waste)
+                      max_patches_per_pass, memory_bytes, progress, max_waste, skip_noops)
     m = task.metric
     baseline = float(m.reduce(run.baseline[None])[0])
     patched = m.reduce(run.per_prompt)
