@@ -140,14 +140,15 @@ def run_demo(model: Optional[str] = None, task: Optional[str] = None, out: str |
     m = _load_model(model)
     steps.update(1)
     report = Report(f"circuitlab demo: {m.name}")
-    summary = {"head_kinds": head_kinds_section(m, report)}
+    head_kinds = head_kinds_section(m, report)
+    summary = {}
     for tname in tasks:
         t = _task(m, tname, n, 0)
         summary[t.name] = analyse(m, t, report, out, t.name, steps)
     path = report.save(out / "report.html")
     from circuitlab.result import atomic_write
 
-    text = json.dumps({"model": m.name, "seconds": time.perf_counter() - t0, "tasks": summary}, indent=1, default=str)
+    text = json.dumps({"model": m.name, "seconds": time.perf_counter() - t0, "head_kinds": head_kinds, "tasks": summary}, indent=1, default=str)
     atomic_write(out / "summary.json", lambda p: Path(p).write_text(text))
     steps.close()
     return path

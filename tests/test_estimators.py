@@ -238,3 +238,18 @@ def test_planted_saturated_head_missed_by_atp_caught_by_atp_star(tmp_path):
     check = verify(model, task, star, n_verify=3, samples=32)
     assert check["verified"]["L0.H0.k@3"] == pytest.approx(truth, rel=1e-4)
     assert check["missed_effect_bound"] < abs(truth)
+
+
+@pytest.mark.parametrize("name", ["gpt2-zoo", "llama-zoo"])
+def test_dla_sums_with_trained_final_norm(name):
+    """Random models have final-norm gain 1 and bias 0, which hides a bias read through the gain;
+    the trained zoo models do not."""
+    model = cl.load(name, device="cpu", dtype="float64")
+    from circuitlab.models.weights import final_norm
+
+    gain, bias = final_norm(model)
+    assert (gain - 1).abs().max() > 0.05 and (bias is None or bias.abs().max() > 0.01)
+    task = cl.tasks.ioi(model, n=8, seed=1)
+    for by in ("layer", "head", "neuron", "source"):
+        r = cl.dla(model, task, by=by)
+        assert abs(r.meta["total"] - r.baseline) < 1e-6 * max(1.0, abs(r.baseline)), by

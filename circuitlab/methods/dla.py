@@ -62,7 +62,8 @@ def _dla(model, task, by, tokens, toks, names, has_pos, t0) -> Result:
     at = lambda x: x[b, pos]  # noqa: E731  [B, ...] at each prompt's answer position
     gain, nbias = weights.final_norm(model)
     WU, bU = weights.W_U(model), weights.b_U(model)
-    u = gain * (WU[:, task.answer_ids] - WU[:, task.wrong_ids]).T  # [B, d]
+    dW = (WU[:, task.answer_ids] - WU[:, task.wrong_ids]).T  # [B, d]
+    u = gain * dW  # the final norm's gain folded into the readout
     sigma = at(c["ln_final.hook_scale"])  # [B, 1]
     center = model.norm == "LN"
 
@@ -83,7 +84,8 @@ def _dla(model, task, by, tokens, toks, names, has_pos, t0) -> Result:
     heads = torch.stack([contrib(torch.einsum("bhd,hdm->bhm", at(c[f"blocks.{l}.attn.hook_z"]), W_O[l])) for l in range(L)])
     attn_bias = torch.stack([contrib(b_O[l].expand(B, -1)) for l in range(L)])
     mlp = torch.stack([contrib(at(c[f"blocks.{l}.hook_mlp_out"])) for l in range(L)])
-    const = ((nbias @ u.T).mean() if nbias is not None else torch.tensor(0.0)) + (bU[task.answer_ids] - bU[task.wrong_ids]).mean()
+    # the norm's bias is added after the gain: it reads through dW, not u
+    const = ((dW @ nbias).mean() if nbias is not None else torch.tensor(0.0)) + (bU[task.answer_ids] - bU[task.wrong_ids]).mean()
     extras["final_norm_and_unembed_bias"] = const.reshape(())
     labels: list[str]
     if by == "layer":
