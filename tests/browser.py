@@ -35,3 +35,12 @@ def driver():
 
 def console_errors(d) -> list[str]:
     return [e["message"] for e in d.get_log("browser") if e.get("level") == "SEVERE"]
+
+
+def screenshot(d, name: str) -> None:
+    """Save the page as test-artifacts/NAME (kept by CI as an artifact of the run)."""
+    from pathlib import Path
+
+    shots = Path(__file__).parent.parent / "test-artifacts"
+    shots.mkdir(exist_ok=True)
+    d.save_screenshot(str(shots / name))

@@ -2,11 +2,10 @@
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
-from browser import console_errors, driver
+from browser import console_errors, driver, screenshot
 from circuitlab.demo import run_demo
 
 SECTIONS = ["Head detectors", "direct logit attribution and logit lens", "exact activation patching",
@@ -57,8 +56,6 @@ def test_demo_report_renders_in_browser(demo_dir):
             time.sleep(0.25)
         assert rendered == n_figures, f"{rendered} of {n_figures} figures rendered"
         assert console_errors(d) == []
-        shots = Path(__file__).parent.parent / "test-artifacts"
-        shots.mkdir(exist_ok=True)
-        d.save_screenshot(str(shots / "demo_report.png"))
+        screenshot(d, "demo_report.png")
     finally:
         d.quit()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
@@ -56,7 +55,7 @@ def test_neuronpedia_json(graph, tmp_path):
 
 
 def test_page_in_browser(graph, tmp_path):
-    from browser import console_errors, driver
+    from browser import console_errors, driver, screenshot
 
     pr = prune(graph)
     nodes, edges = page_nodes(graph, pr)
@@ -112,8 +111,6 @@ def test_page_in_browser(graph, tmp_path):
         assert n_hl > 0  # highlighted edges drawn
         assert d.execute_script("return window.circuitlab.clicked") == clicked
         assert console_errors(d) == []
-        shots = Path(__file__).parent.parent / "test-artifacts"
-        shots.mkdir(exist_ok=True)
-        d.save_screenshot(str(shots / "graph_page.png"))
+        screenshot(d, "graph_page.png")
     finally:
         d.quit()

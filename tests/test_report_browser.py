@@ -1,12 +1,11 @@
 """The demo report, opened in a real headless browser."""
 
 import time
-from pathlib import Path
 
 import pytest
 
 import circuitlab as cl
-from browser import console_errors, driver
+from browser import console_errors, driver, screenshot
 from circuitlab.viz.report import Report
 
 
@@ -25,8 +24,6 @@ def test_report_renders_every_figure(gpt2, ioi_pairs, tmp_path):
         n_divs = d.execute_script("return document.querySelectorAll('.js-plotly-plot').length")
         assert n_divs == 3 and n_plots >= 3
         assert console_errors(d) == []
-        shots = Path(__file__).parent.parent / "test-artifacts"
-        shots.mkdir(exist_ok=True)
-        d.save_screenshot(str(shots / "report_small.png"))
+        screenshot(d, "report_small.png")
     finally:
         d.quit()
