@@ -37,7 +37,10 @@ def head_scores_figure(result):
     kinds = result.meta["kinds"]
     fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=kinds)
     for i, k in enumerate(kinds):
-        fig.add_trace(go.Heatmap(z=result.values[i].numpy(), colorscale="Viridis", showscale=i == len(kinds) - 1,
+        # one shared scale, so the single colour bar is true for every panel (attention scores lie
+        # in [0, 1], copying scores in [-1, 1])
+        fig.add_trace(go.Heatmap(z=result.values[i].numpy(), colorscale="RdBu", zmid=0, zmin=-1, zmax=1,
+                                 showscale=i == len(kinds) - 1,
                                  x=[f"H{h}" for h in range(result.values.shape[2])],
                                  y=[f"L{l}" for l in range(result.values.shape[1])]), row=1, col=i + 1)
     fig.update_yaxes(autorange="reversed")
