@@ -175,7 +175,9 @@ class _last_mlp_at:
         block = self.model.layers[-1]
         owner = getattr(block, "_original_component", block)
         mlp = getattr(owner, "mlp", None)
-        if isinstance(mlp, torch.nn.Module):
+        # dense, position-wise MLPs only (TransformerLens' MLP bridges); a mixture of experts
+        # returns router outputs too and is left alone
+        if isinstance(mlp, torch.nn.Module) and "MLP" in type(mlp).__name__ and "MoE" not in type(mlp).__name__:
             self.owner, self.mlp = owner, mlp
             owner.mlp = _RowsOnly(mlp, self.positions)
 
