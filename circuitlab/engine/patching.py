@@ -178,10 +178,11 @@ def patch_nodes(
             restart = Restart(layer0, resid_pre[layer0][:, start:].repeat(k, 1, 1), start, past)
         rows = rows_b.repeat(k)
         rel = positions[rows] - start  # metric positions in this pass's recomputed span
-        read = None if any(_in_last_mlp(model, n) for i in chunk for n in patches[i]) else rel.clamp(min=0)
+        at = rel.clamp(min=0)
+        read = None if any(_in_last_mlp(model, n) for i in chunk for n in patches[i]) else at
         with torch.no_grad():
             new = run_to_final(model, tokens, hooks, restart, read_positions=read)
-            final = new.gather(1, rel.clamp(min=0)[..., None].expand(-1, -1, new.shape[-1]))
+            final = new.gather(1, at[..., None].expand(-1, -1, new.shape[-1]))
             if start > 0:  # metric positions before the restart keep their base values
                 final = torch.where((rel >= 0)[..., None], final, base_at_metric.repeat(k, 1, 1))
             vals = metric.per_prompt(final_logits(model, final), rows)
@@ -193,7 +194,7 @@ def patch_nodes(
 def _equal_mask(src: torch.Tensor, base: torch.Tensor, family: str) -> torch.Tensor:
     """[prompts, pos(, head or unit)]: True where the source value equals the base value."""
     eq = src.to(base.device, base.dtype) == base
-    if family in HEAD_FAMILIES or family not in UNIT_FAMILIES:
+    if family not in UNIT_FAMILIES:
         eq = eq.all(-1)  # whole vectors (per head for head families)
     return eq
 

@@ -216,10 +216,13 @@ class SparseCoder(nn.Module):
         return x
 
     # -- forward ---------------------------------------------------------------------------
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder multiplies: x, minus b_dec where the architecture centres inputs."""
+        return x - self.b_dec if self.cfg.b_dec_in else x
+
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder pre-activations [batch, d_sae]."""
-        if self.cfg.b_dec_in:
-            x = x - self.b_dec
+        x = self.encoder_input(x)
         return torch.addmm(self.b_enc, x, self.W_enc) if x.dim() == 2 else x @ self.W_enc + self.b_enc
 
     def activate(self, h: torch.Tensor) -> torch.Tensor:

@@ -86,8 +86,8 @@ class TopKCoder(SparseCoder):
         vals, idx = h.topk(self.cfg.k, dim=-1)
         return torch.zeros_like(h).scatter(-1, idx, torch.relu(vals))
 
-    def sparsity_loss(self, f, h, x, y, y_hat, ctx: LossContext) -> torch.Tensor:
-        return self.cfg.aux_coeff * aux_k_loss(self, h, y, y_hat, ctx)
+    def sparsity_loss(self, f, h, x, y, y_hat, ctx: LossContext, dead_pre=None) -> torch.Tensor:
+        return self.cfg.aux_coeff * aux_k_loss(self, h, y, y_hat, ctx, dead_pre)
 
     def loss(self, x, y=None, ctx=None) -> LossOut:
         """Same loss as the base class, decoded sparsely: only the k active rows of W_dec are
@@ -95,7 +95,7 @@ class TopKCoder(SparseCoder):
         ctx = ctx or LossContext()
         x = self.flat_in(x)
         y = x if y is None else self.flat_in(y)
-        x_enc = x - self.b_dec if self.cfg.b_dec_in else x
+        x_enc = self.encoder_input(x)
         if x.dim() == 2:  # encoder gradients at the k chosen latents only (sparse_grad.py)
             vals, idx, h = topk_pre(x_enc, self.W_enc, self.b_enc, self.cfg.k)
             dead_pre = lambda cols: pre_at(x_enc, self.W_enc, self.b_enc, cols)  # noqa: E731
@@ -108,7 +108,7 @@ class TopKCoder(SparseCoder):
         if self.W_skip is not None:
             y_hat = y_hat + x @ self.W_skip
         recon = (y_hat - y).pow(2).sum(-1).mean()
-        sp = self.cfg.aux_coeff * aux_k_loss(self, h, y, y_hat, ctx, dead_pre)
+        sp = self.sparsity_loss(None, h, x, y, y_hat, ctx, dead_pre=dead_pre)
         with torch.no_grad():
             on = vals > 0
             fired = torch.zeros(self.d_sae, dtype=torch.long, device=x.device).index_add_(
