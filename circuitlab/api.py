@@ -9,14 +9,23 @@ from circuitlab.result import Result
 METHODS = ("exact", "atp", "atp*", "relp", "ig")
 
 
-def patch(model, task, sites: str = "resid_pre", method: str = "exact", direction: str = "denoising",
-          positions: Optional[Sequence[int | str]] = None, **kwargs) -> Result:
+def patch(model, task, sites: str | Sequence[str] = "resid_pre", method: str = "exact",
+          direction: str = "denoising", positions: Optional[Sequence[int | str]] = None,
+          **kwargs) -> Result | dict[str, Result]:
     """Node effects of ``sites`` on ``task.metric`` by ``method``.
 
     exact: batched activation patching (ground truth); atp: attribution patching; atp*: AtP
     with the QK fix and GradDrop ranking; relp: AtP with LRP rules; ig: integrated gradients
     (``variant='inputs'|'activations'``, ``steps=m``). See circuitlab.methods.grid for sites.
+    A list of site families returns ``{family: Result}``; for atp* the families share one
+    forward and one backward pass.
     """
+    if not isinstance(sites, str):
+        if method == "atp*":
+            from circuitlab.methods.atp_star import atp_star_sites
+
+            return atp_star_sites(model, task, list(sites), direction, positions, **kwargs)
+        return {s: patch(model, task, s, method, direction, positions, **kwargs) for s in sites}
     if sites == "latents":  # sparse-coder latents spliced into the model (circuitlab.sparse)
         from circuitlab.sparse.attribution import patch_latents
 

@@ -117,6 +117,22 @@ def test_graddrop_with_open_gates_equals_atp(gpt2, ioi_pairs):
     assert not torch.allclose(dropped["blocks.0.hook_resid_pre"], plain["blocks.0.hook_resid_pre"])
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_atp_star_families_sharing_one_pass_equal_separate_calls(tiny_model, ioi_pairs, arch):
+    model = tiny_model(arch)
+    task = cl.tasks.from_pairs(model, ioi_pairs)
+    families = ["resid_pre", "attn_out", "heads", "k", "q_all"]
+    shared = cl.patch(model, task, families, method="atp*")
+    assert list(shared) == families
+    for fam in families:
+        alone = cl.patch(model, task, fam, method="atp*")
+        assert shared[fam].labels == alone.labels
+        assert torch.allclose(shared[fam].values, alone.values, atol=1e-6, rtol=1e-5), fam
+        assert torch.allclose(shared[fam].extras["rank_score"], alone.extras["rank_score"], atol=1e-6, rtol=1e-5)
+        assert shared[fam].cost.forward_passes == alone.cost.forward_passes == 2
+        assert shared[fam].meta["shared_pass"] == families
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
 @pytest.mark.parametrize("attention", ["pattern", "attnlrp"])
 def test_relp_forward_bit_identical(tiny_model, ioi_pairs, arch, attention):

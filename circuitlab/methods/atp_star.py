@@ -28,7 +28,8 @@ from circuitlab.result import Result
 def _scores(model, grid, acts, grads, source, all_pos: bool) -> dict[str, torch.Tensor]:
     fam = grid.family
     if fam not in ("q", "k"):
-        return {h: reduce_to_nodes(fam, (source[h] - acts[h].detach()) * grads[h]) for h in grads}
+        return {h: reduce_to_nodes(fam, (source[h] - acts[h].detach()) * grads[h])
+                for h in sorted({n.hook for n in grid.nodes})}
     out = {}
     for l in sorted({n.layer for n in grid.nodes}):
         qn, kn = qk_fix.rotated_names(model, l)
@@ -45,42 +46,65 @@ def _scores(model, grid, acts, grads, source, all_pos: bool) -> dict[str, torch.
     return out
 
 
+def _hooks_needed(model, grid) -> tuple[list[str], list[str]]:
+    """(hooks whose gradient the estimate reads, hooks whose source value it reads)."""
+    if grid.family in ("q", "k"):
+        layers = sorted({n.layer for n in grid.nodes})
+        return ([f"blocks.{l}.attn.hook_pattern" for l in layers],
+                [h for l in layers for h in qk_fix.rotated_names(model, l)])
+    names = sorted({n.hook for n in grid.nodes})
+    return names, names
+
+
 def atp_star(model, task, sites: str = "heads", direction: str = "denoising",
              positions: Optional[Sequence[int | str]] = None, layers: Optional[Sequence[int]] = None,
              graddrop: bool = True, **_) -> Result:
+    return atp_star_sites(model, task, [sites], direction, positions, layers, graddrop)[sites]
+
+
+def atp_star_sites(model, task, sites: Sequence[str], direction: str = "denoising",
+                   positions: Optional[Sequence[int | str]] = None, layers: Optional[Sequence[int]] = None,
+                   graddrop: bool = True, **_) -> dict[str, Result]:
+    """AtP* over several site families from ONE source capture, one forward and one backward
+    pass (plus GradDrop's L backward passes): the estimate of a whole node set costs what one
+    family costs. Each family's Result reports the shared cost; ``meta['shared_pass']`` lists
+    the families that shared it."""
     t0 = time.perf_counter()
-    base, src, grid = prepare(model, task, sites, direction, positions, layers)
-    all_pos = sites.endswith("_all")
-    node_layers = sorted({n.layer for n in grid.nodes})
-    if grid.family in ("q", "k"):
-        names = [f"blocks.{l}.attn.hook_pattern" for l in node_layers]
-        values = [h for l in node_layers for h in qk_fix.rotated_names(model, l)]
-    else:
-        names = sorted({n.hook for n in grid.nodes})
-        values = names
-    source = capture(model, src, values)
+    sites = list(dict.fromkeys(sites))
+    grids = {}
+    for s in sites:
+        base, src, grids[s] = prepare(model, task, s, direction, positions, layers)
+    needed = {s: _hooks_needed(model, g) for s, g in grids.items()}
+    grad_names = list(dict.fromkeys(h for s in sites for h in needed[s][0]))
+    value_names = list(dict.fromkeys(h for s in sites for h in needed[s][1]))
+    source = capture(model, src, value_names)
     gates = GradGates()
     gate_names = [f"blocks.{l}.hook_{s}" for l in range(model.n_layers) for s in ("attn_out", "mlp_out")]
-    run = forward_for_grads(model, base, task.metric, list(dict.fromkeys(names + values)),
+    run = forward_for_grads(model, base, task.metric, list(dict.fromkeys(grad_names + value_names)),
                             gates.hooks(gate_names) if graddrop else ())
     acts = run.acts
-    grads = run.grads(retain=graddrop)
-    est = node_values(grid.nodes, _scores(model, grid, acts, {n: grads[n] for n in names}, source, all_pos),
-                      task.roles, base.shape[0])
-    extras = {}
+
+    def estimates(grads) -> dict[str, torch.Tensor]:
+        return {s: node_values(g.nodes, _scores(model, g, acts, grads, source, s.endswith("_all")),
+                               task.roles, base.shape[0]) for s, g in grids.items()}
+
+    est = estimates(run.grads(retain=graddrop))
+    extras: dict[str, dict] = {s: {} for s in sites}
     bwd = 1
     if graddrop:
-        total = torch.zeros(len(grid.nodes))
+        total = {s: torch.zeros(len(g.nodes)) for s, g in grids.items()}
         for l in range(model.n_layers):
             gates.scale = {f"blocks.{l}.hook_attn_out": 0.0, f"blocks.{l}.hook_mlp_out": 0.0}
-            g = run.grads(retain=l < model.n_layers - 1)
-            I_l = node_values(grid.nodes, _scores(model, grid, acts, {n: g[n] for n in names}, source, all_pos),
-                              task.roles, base.shape[0])
-            total += I_l.abs()
+            for s, I_l in estimates(run.grads(retain=l < model.n_layers - 1)).items():
+                total[s] += I_l.abs()
             bwd += 1
         gates.scale = {}
-        extras["rank_score"] = total / max(1, model.n_layers - 1)
-    return make_result(grid, est, "atp*", sites, direction, task, float(run.value.detach()), t0, 2, bwd, extras)
+        for s in sites:
+            extras[s]["rank_score"] = total[s] / max(1, model.n_layers - 1)
+    baseline = float(run.value.detach())
+    meta = {"shared_pass": sites} if len(sites) > 1 else {}
+    return {s: make_result(grids[s], est[s], "atp*", s, direction, task, baseline, t0, 2, bwd, extras[s], dict(meta))
+            for s in sites}
 
 
 def verify(model, task, estimate: Result, n_verify: int = 20, samples: int = 64, p: float = 0.1,
