@@ -103,6 +103,16 @@ def fvu(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
     return (y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum().clamp_min(1e-12)
 
 
+def _adam(coder: SparseCoder, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+    """Adam, fused where torch has a fused kernel for the parameters' device (CPU, CUDA): on a
+    2-core CPU the fused step is ~4x faster than the foreach one (about 4% of a TopK step at
+    d_model 768). Same update, same state-dict layout."""
+    dev = next(coder.parameters()).device.type
+    fused = dev in ("cpu", "cuda") and all(p.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+                                           for p in coder.parameters())
+    return torch.optim.Adam(coder.parameters(), lr=lr, betas=betas, fused=fused or None)
+
+
 class Trainer:
     """Trains ``coders`` ({name: coder}) on batches from ``loader``; writes to ``out_dir``."""
 
@@ -115,8 +125,7 @@ class Trainer:
         self.comm = comm or Comm()
         self.total_steps = max(1, cfg.total_tokens // cfg.batch_size)
         self.step = 0
-        self.opts = {n: torch.optim.Adam(c.parameters(), lr=cfg.lr or default_lr(c), betas=(cfg.beta1, cfg.beta2))
-                     for n, c in coders.items()}
+        self.opts = {n: _adam(c, cfg.lr or default_lr(c), (cfg.beta1, cfg.beta2)) for n, c in coders.items()}
         self.base_lr = {n: cfg.lr or default_lr(c) for n, c in coders.items()}
         self.since_fired = {n: torch.zeros(c.d_sae, dtype=torch.long) for n, c in coders.items()}
         self.fire_count = {n: torch.zeros(c.d_sae, dtype=torch.long) for n, c in coders.items()}
