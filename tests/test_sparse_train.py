@@ -154,3 +154,36 @@ def test_two_process_training_matches_single_process(tmp_path):
     shards = [set(json.loads((tmp_path / f"dp/shards_rank{r}.json").read_text())) for r in (0, 1)]
     assert shards[0] and shards[1] and not (shards[0] & shards[1]), shards
     assert all(i % 2 == 0 for i in shards[0]) and all(i % 2 == 1 for i in shards[1])
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "relu"])
+def test_token_weighted_reconstruction_equals_brute_force(arch):
+    from circuitlab.sparse.base import LossContext
+
+    coder = _coders()[arch]
+    x = DATA.shard(0).x[:64].float()
+    w = torch.rand(64) + 0.1
+    w = w / w.mean()
+    out = coder.loss(x, None, LossContext(token_weight=w))
+    brute = (w * (out.y_hat - x).pow(2).sum(-1)).mean()
+    assert torch.allclose(out.recon, brute, rtol=1e-5)
+    plain = coder.loss(x, None, LossContext())
+    assert not torch.allclose(out.recon, plain.recon)  # the weights are used
+
+
+def test_resid_norm_weighting_of_a_transcoder_uses_input_plus_output(tmp_path):
+    from circuitlab.sparse.store import Rows
+
+    tc = make_coder(config_class("topk")(d_in=16, d_sae=64, k=4, skip=True, hooks_in=("blocks.0.hook_resid_mid",),
+                                         hooks_out=("blocks.0.hook_mlp_out",)))
+    x, y = torch.randn(32, 16), torch.randn(32, 16) * 3
+    z = torch.zeros(32, dtype=torch.int32)
+    t = Trainer({"tc": tc}, ShardLoader(DATA.shard, 6, 128), _cfg(token_weighting="resid_norm"), tmp_path)
+    w = t._token_weight(tc, Rows(x, y, z, z, z))
+    expect = 1 / (x + y).pow(2).sum(-1)
+    assert torch.allclose(w, expect / expect.mean())
+    cc = make_coder(config_class("topk")(d_in=16, d_sae=64, k=4, n_sources=2))
+    with pytest.raises(ValueError, match="token_weighting='none'"):
+        Trainer({"cc": cc}, ShardLoader(DATA.shard, 6, 128), _cfg(token_weighting="resid_norm"), tmp_path)
+    with pytest.raises(ValueError, match="unknown token_weighting"):
+        Trainer({"tc": tc}, ShardLoader(DATA.shard, 6, 128), _cfg(token_weighting="norm"), tmp_path)

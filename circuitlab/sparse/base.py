@@ -138,6 +138,14 @@ class LossContext:
     """[d_sae] bool, latents that have not fired for the dead window (AuxK uses them)."""
     comm: Optional["Comm"] = None
     """Cross-process reductions (BatchTopK threshold); None: single process."""
+    token_weight: Optional[torch.Tensor] = None
+    """[batch] weights of each token's squared error (mean 1); None: plain MSE."""
+
+
+def recon_loss(y_hat: torch.Tensor, y: torch.Tensor, ctx: LossContext) -> torch.Tensor:
+    """Mean over the batch of ||y - y_hat||^2, weighted per token when the context says so."""
+    err = (y_hat - y).pow(2).sum(-1)
+    return err.mean() if ctx.token_weight is None else (err * ctx.token_weight.to(err.device)).mean()
 
 
 @dataclass
@@ -270,7 +278,7 @@ class SparseCoder(nn.Module):
         y = x if y is None else self.flat_in(y)
         f, h, parts = self.train_forward(x, ctx)
         y_hat = self.decode(f, x)
-        recon = (y_hat - y).pow(2).sum(-1).mean()
+        recon = recon_loss(y_hat, y, ctx)
         sp = self.sparsity_loss(f, h, x, y, y_hat, ctx)
         return LossOut(recon + sp, recon, sp, f, y_hat, parts)
 

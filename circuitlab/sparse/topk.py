@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 import torch
 
-from circuitlab.sparse.base import CoderConfig, LossContext, LossOut, SparseCoder, register
+from circuitlab.sparse.base import CoderConfig, LossContext, LossOut, SparseCoder, recon_loss, register
 from circuitlab.sparse.sparse_grad import pre_at, topk_pre
 
 
@@ -107,7 +107,7 @@ class TopKCoder(SparseCoder):
         y_hat = sparse_decode(self, idx, vals) + self.b_dec
         if self.W_skip is not None:
             y_hat = y_hat + x @ self.W_skip
-        recon = (y_hat - y).pow(2).sum(-1).mean()
+        recon = recon_loss(y_hat, y, ctx)
         sp = self.sparsity_loss(None, h, x, y, y_hat, ctx, dead_pre=dead_pre)
         with torch.no_grad():
             on = vals > 0

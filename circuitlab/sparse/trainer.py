@@ -55,6 +55,13 @@ class TrainConfig:
     """Tokens used to estimate the normalisation and the geometric median."""
     normalize: bool = True
     """Scale inputs to E||x|| = sqrt(d) (folded into the weights when saving)."""
+    token_weighting: str = "none"
+    """"none": plain MSE. "resid_norm": weight each token's squared error by 1/||r||^2 (batch
+    mean 1), r the residual stream right after the coder's output (the input of a residual SAE;
+    input + output of a resid_mid -> mlp_out transcoder). The final norm divides every write by
+    the residual's norm, so an error of fixed size matters less where the residual is large;
+    where norms are heavy-tailed, plain MSE spends the coder on those tokens (llama-zoo layer 3:
+    the 1% largest errors are 46% of the squared error and 0.007% of the spliced KL)."""
     checkpoint_every: int = 200
     """Steps between checkpoints (0: only at the end)."""
     log_every: int = 20
@@ -125,6 +132,15 @@ class Trainer:
         self.comm = comm or Comm()
         self.total_steps = max(1, cfg.total_tokens // cfg.batch_size)
         self.step = 0
+        if cfg.token_weighting not in ("none", "resid_norm"):
+            raise ValueError(f"unknown token_weighting {cfg.token_weighting!r}; use 'none' or 'resid_norm'")
+        if cfg.token_weighting == "resid_norm":
+            for n, c in coders.items():
+                cc = c.cfg
+                if cc.n_sources != 1 or cc.n_targets_ != 1 or (not cc.autoencoder and cc.d_in != cc.d_out_):
+                    raise ValueError(f"coder {n!r}: token_weighting='resid_norm' needs one residual-stream "
+                                     "source (an SAE) or a transcoder whose input and output add up to the "
+                                     "residual (resid_mid -> mlp_out); use token_weighting='none'")
         self.opts = {n: _adam(c, cfg.lr or default_lr(c), (cfg.beta1, cfg.beta2)) for n, c in coders.items()}
         self.base_lr = {n: cfg.lr or default_lr(c) for n, c in coders.items()}
         self.since_fired = {n: torch.zeros(c.d_sae, dtype=torch.long) for n, c in coders.items()}
@@ -232,6 +248,14 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------ training
+    def _token_weight(self, coder: SparseCoder, rows: Rows) -> Optional[torch.Tensor]:
+        """Per-token weights of the reconstruction error (see ``TrainConfig.token_weighting``)."""
+        if self.cfg.token_weighting == "none":
+            return None
+        r = rows.x.float() if rows.y is None or coder.cfg.autoencoder else rows.x.float() + rows.y.float()
+        w = 1.0 / r.pow(2).sum(-1).clamp_min(1e-12)
+        return w / w.mean()
+
     def train_step(self) -> dict[str, dict]:
         cfg = self.cfg
         rows = self.loader.next()
@@ -246,7 +270,8 @@ class Trainer:
             dead = self.since_fired[n] >= self.dead_window
             opt = self.opts[n]
             opt.zero_grad(set_to_none=True)
-            out = c.loss(x, y, LossContext(sparsity_scale=sp, dead=dead, comm=self.comm))
+            weight = self._token_weight(c, rows)
+            out = c.loss(x, y, LossContext(sparsity_scale=sp, dead=dead, comm=self.comm, token_weight=weight))
             out.loss.backward()
             lossv = out.loss.detach().reshape(1)
             if self.comm.world > 1:
