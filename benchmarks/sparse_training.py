@@ -92,7 +92,10 @@ def ensure_venv() -> Path:
     if not ok:
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         pip = [str(py), "-m", "pip", "install", "-q"]
-        subprocess.run(pip + ["torch==2.13.0", "--extra-index-url", "https://download.pytorch.org/whl/cpu"], check=True)
+        # The CPU build: a local wheel where pip finds one, else PyTorch's CPU index.
+        if subprocess.run(pip + ["--no-index", "torch==2.13.0"]).returncode != 0:
+            subprocess.run(pip + ["torch==2.13.0", "--extra-index-url", "https://download.pytorch.org/whl/cpu"],
+                           check=True)
         subprocess.run(pip + ["sae-lens", "eai-sparsify", "schedulefree"], check=True)
     return py
 

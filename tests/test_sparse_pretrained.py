@@ -14,7 +14,6 @@ GATES = {"fvu": (0.15, "max"), "ce_recovered": (0.85, "min"), "dead_fraction": (
 KNOWN_MISSES = {
     # (coder, gate): why -- also listed in saes/README.md; retrain with more tokens to clear them
     ("gpt2-zoo_transcoder_L0", "dead_fraction"): "13% dead after 600k training tokens (gate 10%)",
-    ("llama-zoo_transcoder_L3", "ce_recovered"): "0.82 after 2.4M tokens: heavy-tailed MLP-output norms (gate 0.85)",
 }
 
 

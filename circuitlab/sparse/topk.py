@@ -95,10 +95,10 @@ class TopKCoder(SparseCoder):
         ctx = ctx or LossContext()
         x = self.flat_in(x)
         y = x if y is None else self.flat_in(y)
-        x_enc = self.encoder_input(x)
         if x.dim() == 2:  # encoder gradients at the k chosen latents only (sparse_grad.py)
-            vals, idx, h = topk_pre(x_enc, self.W_enc, self.b_enc, self.cfg.k)
-            dead_pre = lambda cols: pre_at(x_enc, self.W_enc, self.b_enc, cols)  # noqa: E731
+            shift = self.b_dec if self.cfg.b_dec_in else None
+            vals, idx, h = topk_pre(x, self.W_enc, self.b_enc, self.cfg.k, shift=shift)
+            dead_pre = lambda cols: pre_at(self.encoder_input(x), self.W_enc, self.b_enc, cols)  # noqa: E731
         else:
             h = self.pre(x)
             vals, idx = h.topk(self.cfg.k, dim=-1, sorted=False)
