@@ -68,7 +68,8 @@ def add_parser(subparsers, formatter_class) -> None:
                               epilog=EVAL_EPILOG, formatter_class=formatter_class)
     e.add_argument("path", help="coder folder (cfg.json + sae_weights.safetensors)")
     e.add_argument("--model", help="model to splice into (default: the one in cfg.json)")
-    e.add_argument("--docs", type=int, default=128, help="held-out documents (default 128)")
+    e.add_argument("--docs", type=int, default=1024,
+                   help="held-out documents (default 1024, ~38k tokens: dead fractions need that many)")
     e.add_argument("--ctx-len", type=int, default=64, help="tokens per document (default 64)")
     e.add_argument("--out", help="metrics JSON path (default PATH/metrics.json)")
     e.set_defaults(fn=cmd_eval)
