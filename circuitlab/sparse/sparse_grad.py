@@ -12,9 +12,24 @@ rows of W_enc per token) is only built when the input itself needs a gradient.
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
+
+
+def token_major(idx: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+    """The [batch, n] sparse matrix with values[b, j] at (b, idx[b, j]), as CSR (k entries per
+    row, so the row pointers are an arange). ``token_major(...).t() @ m`` is the latent-major
+    product sum_b values[b, j] m[b] per latent: the weight gradients below, at ~2x the speed of a
+    coalesced COO product on CPU and already in [n, d] layout."""
+    B, k = idx.shape
+    cols, order = idx.sort(dim=-1)
+    crow = torch.arange(0, B * k + 1, k, device=idx.device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(crow, cols.reshape(-1), values.gather(1, order).reshape(-1), (B, n),
+                                       check_invariants=False)
 
 
 class _GatherPre(torch.autograd.Function):
@@ -29,7 +44,6 @@ class _GatherPre(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x_enc, W_enc, idx = ctx.saved_tensors
-        B, k = idx.shape
         n = W_enc.shape[1]
         grad = grad.contiguous()
         need_x, need_shift, need_W, need_b = ctx.needs_input_grad[:4]
@@ -45,9 +59,7 @@ class _GatherPre(torch.autograd.Function):
             if not need_b:
                 grad_b = None
         if need_W:
-            tokens = torch.arange(B, device=x_enc.device).repeat_interleave(k)
-            s = torch.sparse_coo_tensor(torch.stack([flat_idx, tokens]), flat_g, (n, B), check_invariants=False).coalesce()
-            grad_W = torch.sparse.mm(s, x_enc).t()
+            grad_W = (token_major(idx, grad, n).t() @ x_enc).t()
         return grad_x, grad_shift, grad_W, grad_b, None, None, None
 
 
@@ -66,3 +78,34 @@ def topk_pre(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
 def pre_at(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """Pre-activations [batch, len(columns)] of some latents, with an ordinary (small) graph."""
     return torch.addmm(b_enc[columns], x, W_enc[:, columns])
+
+
+class _SparseDecode(torch.autograd.Function):
+    """out[b] = sum_j vals[b, j] W_dec[idx[b, j]]: embedding_bag forward; the backward computes
+    the decoder gradient as one CSR product (embedding_bag's own backward scatters row by row)."""
+
+    @staticmethod
+    def forward(ctx, vals, W_dec, idx):
+        ctx.save_for_backward(vals, W_dec, idx)
+        return torch.nn.functional.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad):
+        vals, W_dec, idx = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_vals = grad_W = None
+        if ctx.needs_input_grad[0]:
+            B, k = idx.shape
+            with torch.enable_grad():  # embedding_bag's per-sample-weight backward, alone
+                v = vals.detach().requires_grad_()
+                out = torch.nn.functional.embedding_bag(idx, W_dec.detach(), per_sample_weights=v, mode="sum")
+                (grad_vals,) = torch.autograd.grad(out, v, grad)
+        if ctx.needs_input_grad[1]:
+            grad_W = token_major(idx, vals, W_dec.shape[0]).t() @ grad
+        return grad_vals, grad_W, None
+
+
+def sparse_decode(W_dec: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+    """sum_j vals[:, j] * W_dec[idx[:, j]] without materialising the dense latents
+    (k rows gathered per token instead of a [batch, d_sae] x [d_sae, d] matmul)."""
+    return _SparseDecode.apply(vals, W_dec, idx)

@@ -14,6 +14,7 @@ import torch
 
 from circuitlab.sparse.base import CoderConfig, LossContext, LossOut, SparseCoder, recon_loss, register
 from circuitlab.sparse.sparse_grad import pre_at, topk_pre
+from circuitlab.sparse.sparse_grad import sparse_decode as decode_rows
 
 
 class _LazyDense:
@@ -53,9 +54,8 @@ class TopKConfig(CoderConfig):
 
 
 def sparse_decode(coder: SparseCoder, idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
-    """sum_j vals[:, j] * W_dec[idx[:, j]] without materialising the dense latents
-    (k rows gathered per token instead of a [batch, d_sae] x [d_sae, d] matmul)."""
-    return torch.nn.functional.embedding_bag(idx, coder.W_dec, per_sample_weights=vals, mode="sum")
+    """sum_j vals[:, j] * W_dec[idx[:, j]] without materialising the dense latents."""
+    return decode_rows(coder.W_dec, idx, vals)
 
 
 def aux_k_loss(coder: SparseCoder, h: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, ctx: LossContext,
