@@ -184,3 +184,21 @@ def test_topk_sparse_backward_gives_the_input_its_dense_gradient(kind):
     recon_loss(y_hat, x if y is None else y, LossContext()).backward()
     assert torch.allclose(got_x, x.grad, rtol=1e-8, atol=1e-10)
     assert torch.allclose(got_bdec, c.b_dec.grad, rtol=1e-8, atol=1e-10)
+
+
+def test_sparse_decode_backward_equals_gathered_rows():
+    """The decoder's custom backward (CSR weight gradient, embedding_bag's per-sample kernel)
+    against brute-force gathers of the chosen rows."""
+    from circuitlab.sparse.sparse_grad import sparse_decode
+
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn(N, D, generator=g, dtype=torch.float64, requires_grad=True)
+    idx = torch.stack([torch.randperm(N, generator=g)[:4] for _ in range(B)])
+    vals = torch.rand(B, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(B, D, generator=g, dtype=torch.float64)
+    (sparse_decode(W, idx, vals) * up).sum().backward()
+    got_W, got_v = W.grad.clone(), vals.grad.clone()
+    W.grad = vals.grad = None
+    ((W[idx] * vals[..., None]).sum(1) * up).sum().backward()
+    assert torch.allclose(got_W, W.grad, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(got_v, vals.grad, rtol=1e-10, atol=1e-12)

@@ -80,6 +80,24 @@ def pre_at(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, columns: t
     return torch.addmm(b_enc[columns], x, W_enc[:, columns])
 
 
+def _chosen_values_grad(grad: torch.Tensor, W_dec: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """grad_vals[b, j] = grad[b] . W_dec[idx[b, j]]: embedding_bag's per-sample-weight backward
+    kernel where this torch has it (no [batch, k, d] gather), else through its autograd."""
+    B, k = idx.shape
+    op = getattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward", None)
+    if op is not None:
+        try:
+            offsets = torch.arange(0, B * k, k, device=idx.device)
+            bags = torch.arange(B, device=idx.device).repeat_interleave(k)
+            return op(grad, W_dec, idx.reshape(-1), offsets, bags, 0, -1).reshape(B, k)
+        except (RuntimeError, TypeError):  # signature changed: fall back
+            pass
+    with torch.enable_grad():
+        v = torch.ones(B, k, dtype=grad.dtype, device=grad.device, requires_grad=True)
+        out = torch.nn.functional.embedding_bag(idx, W_dec.detach(), per_sample_weights=v, mode="sum")
+        return torch.autograd.grad(out, v, grad)[0]
+
+
 class _SparseDecode(torch.autograd.Function):
     """out[b] = sum_j vals[b, j] W_dec[idx[b, j]]: embedding_bag forward; the backward computes
     the decoder gradient as one CSR product (embedding_bag's own backward scatters row by row)."""
@@ -95,11 +113,7 @@ class _SparseDecode(torch.autograd.Function):
         grad = grad.contiguous()
         grad_vals = grad_W = None
         if ctx.needs_input_grad[0]:
-            B, k = idx.shape
-            with torch.enable_grad():  # embedding_bag's per-sample-weight backward, alone
-                v = vals.detach().requires_grad_()
-                out = torch.nn.functional.embedding_bag(idx, W_dec.detach(), per_sample_weights=v, mode="sum")
-                (grad_vals,) = torch.autograd.grad(out, v, grad)
+            grad_vals = _chosen_values_grad(grad, W_dec, idx)
         if ctx.needs_input_grad[1]:
             grad_W = token_major(idx, vals, W_dec.shape[0]).t() @ grad
         return grad_vals, grad_W, None
