@@ -18,18 +18,36 @@ from typing import Optional
 import torch
 
 
-def token_major(idx: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
-    """The [batch, n] sparse matrix with values[b, j] at (b, idx[b, j]), as CSR (k entries per
-    row, so the row pointers are an arange). ``token_major(...).t() @ m`` is the latent-major
-    product sum_b values[b, j] m[b] per latent: the weight gradients below, at ~2x the speed of a
-    coalesced COO product on CPU and already in [n, d] layout."""
-    B, k = idx.shape
-    cols, order = idx.sort(dim=-1)
-    crow = torch.arange(0, B * k + 1, k, device=idx.device)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        return torch.sparse_csr_tensor(crow, cols.reshape(-1), values.gather(1, order).reshape(-1), (B, n),
-                                       check_invariants=False)
+class LatentMajor:
+    """The batch's chosen (token, latent) pairs sorted by latent: the [d_sae, batch] sparse pattern
+    of a TopK step's weight gradients. Both weight gradients are ``sum_b values[b, j] m[b]`` per
+    latent j over the same pattern (encoder: upstream gradient times inputs; decoder: latent
+    values times output gradient), so it is sorted once per step (one stable argsort of the
+    batch * k indices) and shared; the product is one CSR [d_sae, batch] x [batch, d] matmul,
+    already in [d_sae, d] layout."""
+
+    def __init__(self, idx: torch.Tensor, n: int):
+        self.idx, self.n = idx, n
+        self._csr: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
+
+    def _layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._csr is None:
+            B, k = self.idx.shape
+            flat = self.idx.reshape(-1)
+            order = torch.argsort(flat.to(torch.int32), stable=True)  # stable: tokens ascending per latent
+            crow = torch.zeros(self.n + 1, dtype=torch.long, device=flat.device)
+            torch.cumsum(torch.bincount(flat, minlength=self.n), 0, out=crow[1:])
+            self._csr = (crow, torch.div(order, k, rounding_mode="floor"), order)
+        return self._csr
+
+    def matmul(self, values: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """[d_sae, d]: row j is sum over the pairs (b, j) of values[b, slot] * m[b]."""
+        crow, tokens, order = self._layout()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+            csr = torch.sparse_csr_tensor(crow, tokens, values.reshape(-1)[order], (self.n, self.idx.shape[0]),
+                                          check_invariants=False)
+        return csr @ m
 
 
 class _GatherPre(torch.autograd.Function):
@@ -37,8 +55,9 @@ class _GatherPre(torch.autograd.Function):
     (precomputed in forward, without a graph)."""
 
     @staticmethod
-    def forward(ctx, x, shift, W_enc, b_enc, x_enc, idx, values):
+    def forward(ctx, x, shift, W_enc, b_enc, x_enc, idx, values, pattern):
         ctx.save_for_backward(x_enc, W_enc, idx)
+        ctx.pattern = pattern
         return values
 
     @staticmethod
@@ -59,20 +78,23 @@ class _GatherPre(torch.autograd.Function):
             if not need_b:
                 grad_b = None
         if need_W:
-            grad_W = (token_major(idx, grad, n).t() @ x_enc).t()
-        return grad_x, grad_shift, grad_W, grad_b, None, None, None
+            grad_W = ctx.pattern.matmul(grad, x_enc).t()  # [d_sae, d_in] -> W_enc's [d_in, d_sae]
+        return grad_x, grad_shift, grad_W, grad_b, None, None, None, None
 
 
 def topk_pre(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
-             shift: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(values [batch, k], indices [batch, k], dense pre-activations [batch, d_sae] without grad)
-    of the k largest pre-activations ``(x - shift) @ W_enc + b_enc``; gradients reach x, shift,
-    W_enc and b_enc through the k chosen entries only."""
+             shift: Optional[torch.Tensor] = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, LatentMajor]:
+    """(values [batch, k], indices [batch, k], dense pre-activations [batch, d_sae] without grad,
+    the indices' latent-major pattern to pass on to ``sparse_decode``) of the k largest
+    pre-activations ``(x - shift) @ W_enc + b_enc``; gradients reach x, shift, W_enc and b_enc
+    through the k chosen entries only."""
     with torch.no_grad():
         x_enc = x if shift is None else x - shift
         h = torch.addmm(b_enc, x_enc, W_enc)
         values, idx = h.topk(k, dim=-1, sorted=False)
-    return _GatherPre.apply(x, shift, W_enc, b_enc, x_enc, idx, values), idx, h
+    pattern = LatentMajor(idx, W_enc.shape[1])
+    return _GatherPre.apply(x, shift, W_enc, b_enc, x_enc, idx, values, pattern), idx, h, pattern
 
 
 def pre_at(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -103,8 +125,9 @@ class _SparseDecode(torch.autograd.Function):
     the decoder gradient as one CSR product (embedding_bag's own backward scatters row by row)."""
 
     @staticmethod
-    def forward(ctx, vals, W_dec, idx):
+    def forward(ctx, vals, W_dec, idx, pattern):
         ctx.save_for_backward(vals, W_dec, idx)
+        ctx.pattern = pattern
         return torch.nn.functional.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
 
     @staticmethod
@@ -115,11 +138,13 @@ class _SparseDecode(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_vals = _chosen_values_grad(grad, W_dec, idx)
         if ctx.needs_input_grad[1]:
-            grad_W = token_major(idx, vals, W_dec.shape[0]).t() @ grad
-        return grad_vals, grad_W, None
+            grad_W = (ctx.pattern or LatentMajor(idx, W_dec.shape[0])).matmul(vals, grad)
+        return grad_vals, grad_W, None, None
 
 
-def sparse_decode(W_dec: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+def sparse_decode(W_dec: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor,
+                  pattern: Optional[LatentMajor] = None) -> torch.Tensor:
     """sum_j vals[:, j] * W_dec[idx[:, j]] without materialising the dense latents
-    (k rows gathered per token instead of a [batch, d_sae] x [d_sae, d] matmul)."""
-    return _SparseDecode.apply(vals, W_dec, idx)
+    (k rows gathered per token instead of a [batch, d_sae] x [d_sae, d] matmul). ``pattern``:
+    ``idx``'s LatentMajor when the caller already has one (``topk_pre`` returns it)."""
+    return _SparseDecode.apply(vals, W_dec, idx, pattern)

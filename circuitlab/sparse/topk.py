@@ -97,22 +97,22 @@ class TopKCoder(SparseCoder):
         y = x if y is None else self.flat_in(y)
         if x.dim() == 2:  # encoder gradients at the k chosen latents only (sparse_grad.py)
             shift = self.b_dec if self.cfg.b_dec_in else None
-            vals, idx, h = topk_pre(x, self.W_enc, self.b_enc, self.cfg.k, shift=shift)
+            vals, idx, h, pattern = topk_pre(x, self.W_enc, self.b_enc, self.cfg.k, shift=shift)
             dead_pre = lambda cols: pre_at(self.encoder_input(x), self.W_enc, self.b_enc, cols)  # noqa: E731
         else:
             h = self.pre(x)
             vals, idx = h.topk(self.cfg.k, dim=-1, sorted=False)
-            dead_pre = None
+            dead_pre = pattern = None
         vals = torch.relu(vals)
-        y_hat = sparse_decode(self, idx, vals) + self.b_dec
+        y_hat = decode_rows(self.W_dec, idx, vals, pattern) + self.b_dec
         if self.W_skip is not None:
             y_hat = y_hat + x @ self.W_skip
         recon = recon_loss(y_hat, y, ctx)
         sp = self.sparsity_loss(None, h, x, y, y_hat, ctx, dead_pre=dead_pre)
         with torch.no_grad():
-            on = vals > 0
+            on = (vals > 0).long()  # ReLU can zero a chosen latent: it did not fire
             fired = torch.zeros(self.d_sae, dtype=torch.long, device=x.device).index_add_(
-                0, idx[on], torch.ones_like(idx[on]))
+                0, idx.reshape(-1), on.reshape(-1))
             l0 = on.sum(-1).float().mean()
         return LossOut(recon + sp, recon, sp, _LazyDense(idx, vals, self.d_sae), y_hat, {}, fired, l0)
 
