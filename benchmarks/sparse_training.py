@@ -2,8 +2,9 @@
 
 Same activations (saved once to safetensors and read by every library), same TopK setup
 (k=32, 8x expansion, batch 4096 tokens, fp32, 2 threads), equal token budgets; reports
-tokens/s, held-out FVU (variance around the mean) and circuitlab's fraction of this machine's
-dense fp32 matmul throughput. The peers run in their own virtual environment, created here
+tokens/s, held-out FVU (variance around the mean), the fraction of latents that never fire on the
+held-out tokens (an FVU bought with fewer live latents is no like-for-like win) and circuitlab's
+fraction of this machine's dense fp32 matmul throughput. The peers run in their own virtual environment, created here
 (CPU torch 2.13.0 first, then ``sae-lens`` and ``eai-sparsify``), never as our dependencies:
 
     python benchmarks/sparse_training.py --d 128 768 --steps 40
@@ -39,6 +40,7 @@ PEER = textwrap.dedent("""
     t = load_file(path); train, held = t["train"], t["held"]
     d = train.shape[1]; n = 8 * d; B = 4096; K = 32
     def fvu(y, yh): return float((y - yh).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+    def silent(idx, acts): return 1 - len(idx[acts > 0].unique()) / n   # latents never firing on held-out
     if lib == "sae_lens":
         from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
         from sae_lens.config import SAETrainerConfig
@@ -54,7 +56,10 @@ PEER = textwrap.dedent("""
         tr = SAETrainer(cfg, sae, data())
         t0 = time.perf_counter(); tr.fit(); dt = time.perf_counter() - t0
         with torch.no_grad():
-            yh = sae.decode(sae.encode(held))
+            f = sae.encode(held)
+            yh = sae.decode(f)
+            top = f.topk(K, dim=-1)
+            dead = silent(top.indices, top.values)
     else:
         from sparsify.sparse_coder import SparseCoder
         from sparsify.config import SparseCoderConfig
@@ -80,8 +85,11 @@ PEER = textwrap.dedent("""
         dt = time.perf_counter() - t0
         opt.eval()
         with torch.no_grad():
-            yh = sae(held).sae_out
-    print(json.dumps({"tokens_per_s": steps * B / dt, "heldout_fvu": fvu(held, yh), "seconds": dt}))
+            out = sae(held)
+            yh = out.sae_out
+            dead = silent(out.latent_indices, out.latent_acts)
+    print(json.dumps({"tokens_per_s": steps * B / dt, "heldout_fvu": fvu(held, yh), "heldout_silent": dead,
+                      "seconds": dt}))
 """)
 
 
@@ -139,7 +147,9 @@ def ours(train: torch.Tensor, held: torch.Tensor, steps: int) -> dict:
         c = t.export("c")
     with torch.no_grad():
         f = fvu(held, c(held))
-    return {"tokens_per_s": t.tokens_seen / t.elapsed, "heldout_fvu": float(f), "seconds": t.elapsed}
+        silent = float(((c.encode(held) > 0).sum(0) == 0).float().mean())
+    return {"tokens_per_s": t.tokens_seen / t.elapsed, "heldout_fvu": float(f), "heldout_silent": silent,
+            "seconds": t.elapsed}
 
 
 def matmul_peak(d: int, threads: int) -> float:
@@ -191,8 +201,8 @@ def main() -> None:
                     row[lib] = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else \
                         {"error": r.stderr[-500:]}
         results.append(row)
-    print("| d_in | library | tokens/s | held-out FVU | speed-up vs faster peer |")
-    print("|---|---|---|---|---|")
+    print("| d_in | library | tokens/s | held-out FVU | latents silent on held-out | speed-up vs faster peer |")
+    print("|---|---|---|---|---|---|")
     for row in results:
         peers = [row[p]["tokens_per_s"] for p in ("sae_lens", "sparsify") if "tokens_per_s" in row.get(p, {})]
         best = max(peers) if peers else None
@@ -201,7 +211,8 @@ def main() -> None:
                 continue
             r = row[lib]
             sp = f"{r['tokens_per_s'] / best:.2f}x" if best else "-"
-            print(f"| {row['d_in']} | {lib} | {r['tokens_per_s']:,.0f} | {r['heldout_fvu']:.4f} | {sp} |")
+            print(f"| {row['d_in']} | {lib} | {r['tokens_per_s']:,.0f} | {r['heldout_fvu']:.4f} | "
+                  f"{r.get('heldout_silent', float('nan')):.1%} | {sp} |")
         c = row["circuitlab"]
         print(f"\nd_in {row['d_in']}: circuitlab reaches {c['fraction_of_matmul_peak']:.1%} of the "
               f"{row['matmul_gflops']:.1f} GFLOP/s dense fp32 matmul peak ({row['data']})")

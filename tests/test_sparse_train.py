@@ -187,3 +187,35 @@ def test_resid_norm_weighting_of_a_transcoder_uses_input_plus_output(tmp_path):
         Trainer({"cc": cc}, ShardLoader(DATA.shard, 6, 128), _cfg(token_weighting="resid_norm"), tmp_path)
     with pytest.raises(ValueError, match="unknown token_weighting"):
         Trainer({"tc": tc}, ShardLoader(DATA.shard, 6, 128), _cfg(token_weighting="norm"), tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_fitted_encoder_scale_minimises_initial_reconstruction_error(arch, tmp_path):
+    """The initial encoder is the decoder's transpose times the least-squares scale: checked
+    against a brute-force scan of scales on the init sample; other coders are left alone."""
+    sample = DATA.shard(0)
+
+    def fresh():
+        return {arch: make_coder(config_class(arch)(d_in=16, d_sae=64, k=4, seed=1)),
+                "relu": make_coder(config_class("relu")(d_in=16, d_sae=64, l1_coeff=0.5, seed=4))}
+
+    off = Trainer(fresh(), ShardLoader(DATA.shard, 6, 128), _cfg(fit_encoder_scale=False), tmp_path / "off")
+    off.initialise(sample)
+    on = Trainer(fresh(), ShardLoader(DATA.shard, 6, 128), _cfg(), tmp_path / "on")
+    on.initialise(sample)
+    c0, c1 = off.coders[arch], on.coders[arch]
+    assert torch.equal(c0.W_enc, c0.W_dec.t())
+    s = float((c1.W_enc / c0.W_enc).mean())
+    assert torch.allclose(c1.W_enc, s * c0.W_enc, rtol=1e-5, atol=1e-7) and s != pytest.approx(1.0, abs=0.05)
+    assert torch.equal(on.coders["relu"].W_enc, off.coders["relu"].W_enc)
+
+    x = sample.x.float() * c0.in_scale
+    def sse(scale):
+        c = make_coder(c0.cfg)
+        c.load_state_dict(c0.state_dict())
+        with torch.no_grad():
+            c.W_enc.mul_(scale)
+            return float((c.loss(x, None).y_hat - x).pow(2).sum())
+    grid = [s * f for f in (0.5, 0.8, 0.9, 0.97, 1.0, 1.03, 1.1, 1.25, 2.0)]
+    errs = [sse(g) for g in grid]
+    assert min(errs) == pytest.approx(sse(s), rel=1e-6) and sse(s) < sse(1.0)

@@ -190,6 +190,9 @@ class SparseCoder(nn.Module):
 
     arch: ClassVar[str] = ""
     config_cls: ClassVar[type[CoderConfig]] = CoderConfig
+    homogeneous_encoder: ClassVar[bool] = False
+    """True when scaling W_enc (with b_enc = 0) scales every latent by the same factor and
+    changes nothing else about training (TopK, BatchTopK: no penalty on latent size)."""
 
     def __init__(self, cfg: CoderConfig):
         super().__init__()

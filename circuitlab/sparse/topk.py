@@ -81,6 +81,7 @@ def aux_k_loss(coder: SparseCoder, h: torch.Tensor, y: torch.Tensor, y_hat: torc
 @register("topk")
 class TopKCoder(SparseCoder):
     config_cls = TopKConfig
+    homogeneous_encoder = True
 
     def activate(self, h: torch.Tensor) -> torch.Tensor:
         vals, idx = h.topk(self.cfg.k, dim=-1)

@@ -52,7 +52,15 @@ class TrainConfig:
     b_dec_init: str = "geometric_median"
     """Decoder bias initialisation: geometric_median, mean, or zeros."""
     init_tokens: int = 8192
-    """Tokens used to estimate the normalisation and the geometric median."""
+    """Tokens used to estimate the normalisation, the geometric median and the encoder scale."""
+    fit_encoder_scale: bool = True
+    """TopK / BatchTopK autoencoders: scale the initial encoder (the decoder's transpose) by the
+    least-squares factor of the initial reconstruction on the init sample. With unit decoder rows
+    the transpose overshoots (k latents each of about the input's projection), and the first
+    steps are spent shrinking it; on gpt2-zoo layer-2 residuals (d_sae 1024, k 32) the fitted
+    factor was 0.45 and held-out FVU went 0.137 -> 0.061 after 164k tokens, 0.036 -> 0.019 after
+    820k. Exact because these activations are positively homogeneous while b_enc is zero (a coder
+    whose b_enc was set before training is left alone)."""
     normalize: bool = True
     """Scale inputs to E||x|| = sqrt(d) (folded into the weights when saving)."""
     token_weighting: str = "none"
@@ -180,9 +188,25 @@ class Trainer:
                 c.b_dec.copy_(ys_.mean(0))
             elif self.cfg.b_dec_init != "zeros":
                 raise ValueError(f"unknown b_dec_init {self.cfg.b_dec_init!r}; use geometric_median, mean or zeros")
+            if self.cfg.fit_encoder_scale and c.homogeneous_encoder and cfg.autoencoder and not bool(c.b_enc.any()):
+                self._fit_encoder_scale(c, x * c.in_scale.repeat_interleave(cfg.d_in))
         if self.comm.world > 1:
             for c in self.coders.values():
                 self.comm.broadcast_(list(c.parameters()) + list(c.buffers()))
+
+    @staticmethod
+    @torch.no_grad()
+    def _fit_encoder_scale(c: SparseCoder, x: torch.Tensor) -> float:
+        """Multiply W_enc by s = <r, t> / <r, r>, r the initial reconstruction minus b_dec and t
+        the (scaled) input minus b_dec: the s minimising ||s r - t||^2, since latents scale with
+        the encoder. Returns s (1.0 when the fit is degenerate and nothing changed)."""
+        r = c.loss(x, None, LossContext()).y_hat - c.b_dec
+        t = c.flat_in(x) - c.b_dec
+        num, den = float((r * t).sum()), float(r.pow(2).sum())
+        if not (den > 0 and num > 0 and math.isfinite(num / den)):
+            return 1.0
+        c.W_enc.mul_(num / den)
+        return num / den
 
     # ------------------------------------------------------------------ checkpoints
     def _tensors(self) -> dict[str, torch.Tensor]:
