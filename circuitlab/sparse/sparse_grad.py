@@ -88,6 +88,23 @@ class _GatherPre(torch.autograd.Function):
         return grad_x, grad_shift, grad_W, grad_b, None, None, None, None
 
 
+def row_topk(h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of the k largest entries of each row, unordered: ``h.topk(k, -1,
+    sorted=False)`` up to the order of ties. Where torch's CPU kernel runs a full nth_element
+    per row (k * 64 > n, e.g. k 32 of 1024 latents) it first keeps the k groups of 4 columns with
+    the largest maxima -- the top k always lie in them: each of the k groups holds an entry at
+    least the k-th largest group maximum, so the k-th largest entry is at least that too -- and
+    selects among their 4k entries (~25% faster at d_sae 1024)."""
+    B, n = h.shape
+    g = 4
+    if h.device.type != "cpu" or k * 64 <= n or n % g or k * g >= n:
+        return h.topk(k, dim=-1, sorted=False)
+    groups = h.view(B, n // g, g).amax(-1).topk(k, dim=-1, sorted=False).indices
+    cols = (groups.unsqueeze(-1) * g + torch.arange(g, device=h.device)).view(B, k * g)
+    values, j = h.gather(1, cols).topk(k, dim=-1, sorted=False)
+    return values, cols.gather(1, j)
+
+
 def topk_pre(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
              shift: Optional[torch.Tensor] = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, LatentMajor]:
@@ -98,7 +115,7 @@ def topk_pre(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
     with torch.no_grad():
         x_enc = x if shift is None else x - shift
         h = torch.addmm(b_enc, x_enc, W_enc)
-        values, idx = h.topk(k, dim=-1, sorted=False)
+        values, idx = row_topk(h, k)
     pattern = LatentMajor(idx, W_enc.shape[1])
     return _GatherPre.apply(x, shift, W_enc, b_enc, x_enc, idx, values, pattern), idx, h, pattern
 
