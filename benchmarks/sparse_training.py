@@ -7,7 +7,7 @@ held-out tokens (an FVU bought with fewer live latents is no like-for-like win) 
 fraction of this machine's dense fp32 matmul throughput. The peers run in their own virtual environment, created here
 (CPU torch 2.13.0 first, then ``sae-lens`` and ``eai-sparsify``), never as our dependencies:
 
-    python benchmarks/sparse_training.py --d 128 768 --steps 40
+    python benchmarks/sparse_training.py --d 128 128 768 --steps 40 200 40
     CIRCUITLAB_BENCH_VENV=/path/to/venv python benchmarks/sparse_training.py   # reuse a venv
 
 Drivers: SAE Lens through its own ``TopKTrainingSAE`` and ``SAETrainer``; sparsify through
@@ -167,7 +167,8 @@ def matmul_peak(d: int, threads: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--d", type=int, nargs="+", default=[128, 768])
-    ap.add_argument("--steps", type=int, default=40, help="optimizer steps per library (same token budget)")
+    ap.add_argument("--steps", type=int, nargs="+", default=[40],
+                    help="optimizer steps per library (same token budget): one value for every --d, or one per --d")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default="benchmarks/results/sparse_training_latest.json")
     ap.add_argument("--skip-peers", action="store_true")
@@ -175,11 +176,13 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     py = None if a.skip_peers else ensure_venv()
     results = []
-    for d in a.d:
-        acts, source = activations(d, a.steps * BATCH + 8192)
+    if len(a.steps) not in (1, len(a.d)):
+        ap.error(f"--steps takes one value or one per --d ({len(a.d)}), got {len(a.steps)}")
+    for d, steps in zip(a.d, a.steps * len(a.d) if len(a.steps) == 1 else a.steps):
+        acts, source = activations(d, steps * BATCH + 8192)
         train, held = acts[:-8192], acts[-8192:]
-        row = {"d_in": d, "d_sae": EXPANSION * d, "k": K, "batch": BATCH, "steps": a.steps, "data": source}
-        row["circuitlab"] = ours(train, held, a.steps)
+        row = {"d_in": d, "d_sae": EXPANSION * d, "k": K, "batch": BATCH, "steps": steps, "data": source}
+        row["circuitlab"] = ours(train, held, steps)
         peak = matmul_peak(d, a.threads)
         # The one dense product a TopK step cannot avoid: the encoder forward (2 d n FLOPs per
         # token). circuitlab's backward pass is sparse (only the k chosen latents), so dense
@@ -197,12 +200,12 @@ def main() -> None:
                 env["OMP_NUM_THREADS"] = str(a.threads)
                 for lib in ("sae_lens", "sparsify"):
                     r = subprocess.run([str(py), f"{tmp}/peer.py", lib, f"{tmp}/acts.safetensors", str(a.threads),
-                                        str(a.steps)], capture_output=True, text=True, env=env)
+                                        str(steps)], capture_output=True, text=True, env=env)
                     row[lib] = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else \
                         {"error": r.stderr[-500:]}
         results.append(row)
-    print("| d_in | library | tokens/s | held-out FVU | latents silent on held-out | speed-up vs faster peer |")
-    print("|---|---|---|---|---|---|")
+    print("| d_in | steps | library | tokens/s | held-out FVU | latents silent on held-out | speed-up vs faster peer |")
+    print("|---|---|---|---|---|---|---|")
     for row in results:
         peers = [row[p]["tokens_per_s"] for p in ("sae_lens", "sparsify") if "tokens_per_s" in row.get(p, {})]
         best = max(peers) if peers else None
@@ -211,7 +214,7 @@ def main() -> None:
                 continue
             r = row[lib]
             sp = f"{r['tokens_per_s'] / best:.2f}x" if best else "-"
-            print(f"| {row['d_in']} | {lib} | {r['tokens_per_s']:,.0f} | {r['heldout_fvu']:.4f} | "
+            print(f"| {row['d_in']} | {row['steps']} | {lib} | {r['tokens_per_s']:,.0f} | {r['heldout_fvu']:.4f} | "
                   f"{r.get('heldout_silent', float('nan')):.1%} | {sp} |")
         c = row["circuitlab"]
         print(f"\nd_in {row['d_in']}: circuitlab reaches {c['fraction_of_matmul_peak']:.1%} of the "

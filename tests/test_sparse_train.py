@@ -219,3 +219,19 @@ def test_fitted_encoder_scale_minimises_initial_reconstruction_error(arch, tmp_p
     grid = [s * f for f in (0.5, 0.8, 0.9, 0.97, 1.0, 1.03, 1.1, 1.25, 2.0)]
     errs = [sse(g) for g in grid]
     assert min(errs) == pytest.approx(sse(s), rel=1e-6) and sse(s) < sse(1.0)
+
+
+def test_logged_fvu_is_the_fvu_of_the_batch_before_the_step(tmp_path):
+    """The logged FVU comes from the loss's reconstruction term; it must equal the FVU computed
+    from scratch on the same batch with the weights the step started from."""
+    import copy
+
+    coders = {"topk": make_coder(config_class("topk")(d_in=16, d_sae=64, k=4, seed=1))}
+    t = Trainer(coders, ShardLoader(DATA.shard, 6, 128, seed=5), _cfg(), tmp_path)
+    t.initialise(DATA.shard(0))
+    before = copy.deepcopy(coders["topk"])
+    batch = ShardLoader(DATA.shard, 6, 128, seed=5).next()
+    logged = t.train_step()["topk"]["fvu"]
+    x = batch.x.float() * before.in_scale
+    with torch.no_grad():
+        assert logged == pytest.approx(float(fvu(x, before.loss(x, None).y_hat)), rel=1e-5)
