@@ -7,7 +7,10 @@ are zero everywhere except at those k latents. Here the forward matmul runs with
 the backward pass touches only the chosen columns: a sparse [d_sae, batch] x [batch, d_in]
 product for the weight gradient, and, for the shift (b_dec, the same vector for every token), one
 matrix-vector product: sum_b grad_x[b] = W_enc @ grad_b_enc. The per-token input gradient (k
-rows of W_enc per token) is only built when the input itself needs a gradient.
+rows of W_enc per token) is only built when the input itself needs a gradient. Both weight
+gradients (encoder and decoder) run over the same (token, latent) pairs, sorted by latent once
+per step (``LatentMajor``); ``row_topk`` is the selection itself, faster than torch's CPU top-k
+where that one falls back to a full per-row nth_element.
 """
 
 from __future__ import annotations
