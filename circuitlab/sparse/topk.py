@@ -13,8 +13,7 @@ from typing import Callable, Optional
 import torch
 
 from circuitlab.sparse.base import CoderConfig, LossContext, LossOut, SparseCoder, recon_loss, register
-from circuitlab.sparse.sparse_grad import pre_at, topk_pre
-from circuitlab.sparse.sparse_grad import sparse_decode as decode_rows
+from circuitlab.sparse.sparse_grad import pre_at, sparse_decode, topk_pre
 
 
 class _LazyDense:
@@ -53,11 +52,6 @@ class TopKConfig(CoderConfig):
     """Unit-norm decoder rows (kept at unit norm during training)."""
 
 
-def sparse_decode(coder: SparseCoder, idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
-    """sum_j vals[:, j] * W_dec[idx[:, j]] without materialising the dense latents."""
-    return decode_rows(coder.W_dec, idx, vals)
-
-
 def aux_k_loss(coder: SparseCoder, h: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, ctx: LossContext,
                dead_pre: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """min(n_dead / k_aux, 1) * mean ||e - TopK_dead(h) @ W_dec||^2 with e = y - y_hat (detached).
@@ -73,7 +67,7 @@ def aux_k_loss(coder: SparseCoder, h: torch.Tensor, y: torch.Tensor, y_hat: torc
     vals, j = torch.relu(h_dead).topk(kk, dim=-1, sorted=False)  # only dead columns
     idx = dead_idx[j]
     e = (y - y_hat).detach()
-    e_hat = sparse_decode(coder, idx, vals)
+    e_hat = sparse_decode(coder.W_dec, idx, vals)
     scale = min(n_dead / k_aux, 1.0)
     return scale * (e_hat - e).pow(2).sum(-1).mean()
 
@@ -105,7 +99,7 @@ class TopKCoder(SparseCoder):
             vals, idx = h.topk(self.cfg.k, dim=-1, sorted=False)
             dead_pre = pattern = None
         vals = torch.relu(vals)
-        y_hat = decode_rows(self.W_dec, idx, vals, pattern) + self.b_dec
+        y_hat = sparse_decode(self.W_dec, idx, vals, pattern) + self.b_dec
         if self.W_skip is not None:
             y_hat = y_hat + x @ self.W_skip
         recon = recon_loss(y_hat, y, ctx)
