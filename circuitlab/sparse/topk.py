@@ -92,7 +92,9 @@ class TopKCoder(SparseCoder):
         y = x if y is None else self.flat_in(y)
         if x.dim() == 2:  # encoder gradients at the k chosen latents only (sparse_grad.py)
             shift = self.b_dec if self.cfg.b_dec_in else None
-            vals, idx, h, pattern = topk_pre(x, self.W_enc, self.b_enc, self.cfg.k, shift=shift)
+            # h is read only inside this loss (AuxK reads dead columns through dead_pre), so the
+            # pre-activations may live in the shared scratch buffer.
+            vals, idx, h, pattern = topk_pre(x, self.W_enc, self.b_enc, self.cfg.k, shift=shift, scratch=True)
             dead_pre = lambda cols: pre_at(self.encoder_input(x), self.W_enc, self.b_enc, cols)  # noqa: E731
         else:
             h = self.pre(x)
