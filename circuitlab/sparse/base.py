@@ -142,6 +142,11 @@ class LossContext:
     """[batch] weights of each token's squared error (mean 1); None: plain MSE."""
 
 
+def spread(y: torch.Tensor) -> torch.Tensor:
+    """||y - mean(y)||^2 over the batch: the denominator of FVU (variance around the mean)."""
+    return torch.linalg.vector_norm(y - y.mean(0)).pow(2)
+
+
 def recon_loss(y_hat: torch.Tensor, y: torch.Tensor, ctx: LossContext) -> torch.Tensor:
     """Mean over the batch of ||y - y_hat||^2, weighted per token when the context says so."""
     if ctx.token_weight is None:  # one fused pass (forward and backward) instead of sub, pow, sum

@@ -19,7 +19,7 @@ import torch
 from circuitlab.engine.forward import final_logits, run_to_final
 from circuitlab.engine.splice import splice
 from circuitlab.result import atomic_write
-from circuitlab.sparse.base import SparseCoder
+from circuitlab.sparse.base import SparseCoder, spread
 from circuitlab.sparse.store import ActivationSource, Exclusion, SourceSpec, keep_mask, tokenize_documents
 
 HELDOUT_SEED = 987_654_321
@@ -45,7 +45,7 @@ def reconstruction_metrics(coder: SparseCoder, x: torch.Tensor, y: Optional[torc
         "l0": float((f > 0).sum(-1).double().mean()),
         "mse": float(err.mean()),
         "mse_per_dim": float(err.mean() / y.shape[-1]),
-        "fvu": float(err.sum() / (y - y.mean(0)).pow(2).sum()),
+        "fvu": float(err.sum() / spread(y)),
         "cosine": float(torch.nn.functional.cosine_similarity(y, y_hat, dim=-1).mean()),
         "dead_fraction": float((dens == 0).double().mean()),
         "dense_fraction": float((dens > dense_threshold).double().mean()),

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from circuitlab.result import atomic_write
-from circuitlab.sparse.base import Comm, LossContext, SparseCoder
+from circuitlab.sparse.base import Comm, LossContext, SparseCoder, spread
 from circuitlab.sparse.store import Rows, ShardLoader
 
 
@@ -115,7 +115,7 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
 
 def fvu(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
     """||y - y_hat||^2 / ||y - mean(y)||^2 (variance around the mean, summed over the batch)."""
-    return (y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return (y - y_hat).pow(2).sum() / spread(y).clamp_min(1e-12)
 
 
 def _adam(coder: SparseCoder, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
@@ -322,13 +322,9 @@ class Trainer:
                 self.fire_count[n] += fired.cpu()
                 yy = x if y is None else y
                 # Unweighted, the loss's reconstruction term is already the mean squared error:
-                # FVU = recon * batch / ||y - mean(y)||^2, without another pass over the error
-                # (torch's column-wise var is ~4x slower than this norm).
-                if weight is None:
-                    spread = torch.linalg.vector_norm(yy - yy.mean(0)).pow(2).clamp_min(1e-12)
-                    f = float(out.recon) * len(yy) / float(spread)
-                else:
-                    f = float(fvu(yy, out.y_hat))
+                # FVU = recon * batch / spread, without another pass over the error.
+                f = float(out.recon) * len(yy) / float(spread(yy).clamp_min(1e-12)) if weight is None \
+                    else float(fvu(yy, out.y_hat))
                 logs[n] = {"loss": float(lossv[0]), "l0": float(out.l0 if out.l0 is not None else (out.f > 0).sum(-1).float().mean()),
                            "fvu": f, "dead": float(dead.float().mean())}
         self.step += 1
