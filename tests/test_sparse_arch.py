@@ -204,10 +204,14 @@ def test_sparse_decode_backward_equals_gathered_rows():
     assert torch.allclose(got_v, vals.grad, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("n,k,ties", [(1024, 32, False), (1024, 32, True), (512, 16, False), (96, 8, False)])
-def test_row_topk_selects_the_same_values_as_torch_topk(n, k, ties):
-    """The grouped pre-selection (k * 64 > n) keeps exactly torch.topk's values, also with ties."""
-    from circuitlab.sparse.sparse_grad import row_topk
+@pytest.mark.parametrize("n,k,ties,grouped", [(1024, 32, False, 4), (1024, 32, True, 4), (6144, 32, False, 8),
+                                               (6144, 32, True, 8), (1000, 32, False, 2), (512, 16, False, 4),
+                                               (96, 8, False, 1)])
+def test_row_topk_selects_the_same_values_as_torch_topk(n, k, ties, grouped):
+    """The grouped pre-selection keeps exactly torch.topk's values, also with ties."""
+    from circuitlab.sparse.sparse_grad import _group_size, row_topk
+
+    assert _group_size(n, k) == grouped  # the cases exercise the grouped path (and the fallback)
 
     g = torch.Generator().manual_seed(n + k)
     h = torch.randn(300, n, generator=g)
@@ -218,3 +222,15 @@ def test_row_topk_selects_the_same_values_as_torch_topk(n, k, ties):
     assert torch.equal(vals.sort(-1, descending=True).values, ref)
     assert torch.equal(h.gather(1, idx), vals)
     assert all(len(set(r.tolist())) == k for r in idx)  # no column chosen twice
+
+
+def test_latent_major_sampled_matmul_matches_brute_force():
+    """LatentMajor.sampled reads a @ m.T at the (token, latent) pairs, back in token-major order."""
+    from circuitlab.sparse.sparse_grad import LatentMajor
+
+    g = torch.Generator().manual_seed(5)
+    B, n, d, k = 64, 96, 12, 7
+    idx = torch.rand(B, n, generator=g).topk(k, -1).indices
+    a, m = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(B, d, generator=g, dtype=torch.float64)
+    got = LatentMajor(idx, n).sampled(a, m)
+    assert torch.allclose(got, (a[idx] * m[:, None, :]).sum(-1), rtol=1e-12, atol=1e-12)

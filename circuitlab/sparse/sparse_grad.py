@@ -58,6 +58,21 @@ class LatentMajor:
         except (RuntimeError, NotImplementedError):  # a backend without the out= variant
             return csr @ m
 
+    def sampled(self, a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """[batch, k]: entry (b, slot) is a[idx[b, slot]] . m[b] -- the dense product a @ m.T read
+        only at the pattern (one sampled CSR matmul, each latent's row of ``a`` loaded once for
+        all its tokens)."""
+        crow, tokens, order = self._layout()
+        B, k = self.idx.shape
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+            csr = torch.sparse_csr_tensor(crow, tokens, torch.zeros(B * k, dtype=m.dtype, device=m.device),
+                                          (self.n, B), check_invariants=False)
+            sampled = torch.sparse.sampled_addmm(csr, a, m.t(), beta=0).values()
+        out = torch.empty(B * k, dtype=m.dtype, device=m.device)
+        out[order] = sampled  # latent-major back to token-major
+        return out.view(B, k)
+
 
 class _GatherPre(torch.autograd.Function):
     """values[b, j] = x_enc[b] @ W_enc[:, idx[b, j]] + b_enc[idx[b, j]] with x_enc = x - shift
@@ -91,19 +106,30 @@ class _GatherPre(torch.autograd.Function):
         return grad_x, grad_shift, grad_W, grad_b, None, None, None, None
 
 
+def _group_size(n: int, k: int) -> int:
+    """Columns per group for ``row_topk``: the largest power of two up to 8 that divides n and
+    leaves at least 8k groups; 1 (no grouping) where none does."""
+    g = 1
+    while g < 8 and n % (2 * g) == 0 and n // (2 * g) >= 8 * k:
+        g *= 2
+    return g
+
+
 def row_topk(h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices) of the k largest entries of each row, unordered: ``h.topk(k, -1,
-    sorted=False)`` up to the order of ties. Where torch's CPU kernel runs a full nth_element
-    per row (k * 64 > n, e.g. k 32 of 1024 latents) it first keeps the k groups of 4 columns with
-    the largest maxima -- the top k always lie in them: each of the k groups holds an entry at
-    least the k-th largest group maximum, so the k-th largest entry is at least that too -- and
-    selects among their 4k entries (~25% faster at d_sae 1024)."""
+    sorted=False)`` up to the order of ties, faster on CPU. Split the n columns into n / g
+    groups of g columns j, j + n/g, j + 2n/g, ... (a strided split, so the group maxima are one
+    vectorised elementwise max of g slices), keep the k groups with the largest maxima and select
+    among their k * g entries: the top k always lie in those groups, since each of the k groups
+    holds an entry at least the k-th largest group maximum, so the k-th largest entry is at least
+    that too. At k 32, 4096 rows: 43 -> 35 ms for 6144 columns, 20 -> 14 ms for 1024."""
     B, n = h.shape
-    g = 4
-    if h.device.type != "cpu" or k * 64 <= n or n % g or k * g >= n:
+    g = _group_size(n, k)
+    if h.device.type != "cpu" or g == 1:
         return h.topk(k, dim=-1, sorted=False)
-    groups = h.view(B, n // g, g).amax(-1).topk(k, dim=-1, sorted=False).indices
-    cols = (groups.unsqueeze(-1) * g + torch.arange(g, device=h.device)).view(B, k * g)
+    m = n // g
+    groups = h.view(B, g, m).amax(1).topk(k, dim=-1, sorted=False).indices
+    cols = (groups.unsqueeze(-1) + torch.arange(0, n, m, device=h.device)).view(B, k * g)
     values, j = h.gather(1, cols).topk(k, dim=-1, sorted=False)
     return values, cols.gather(1, j)
 
@@ -152,10 +178,18 @@ def pre_at(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, columns: t
     return torch.addmm(b_enc[columns], x, W_enc[:, columns])
 
 
-def _chosen_values_grad(grad: torch.Tensor, W_dec: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """grad_vals[b, j] = grad[b] . W_dec[idx[b, j]]: embedding_bag's per-sample-weight backward
-    kernel where this torch has it (no [batch, k, d] gather), else through its autograd."""
+def _chosen_values_grad(grad: torch.Tensor, W_dec: torch.Tensor, idx: torch.Tensor,
+                        pattern: Optional[LatentMajor] = None) -> torch.Tensor:
+    """grad_vals[b, j] = grad[b] . W_dec[idx[b, j]]: a sampled matmul over the step's latent-major
+    pattern when there is one (19 -> ~8 ms at d_in 768: each W_dec row is read once per step,
+    not once per token), else embedding_bag's per-sample-weight backward kernel where this torch
+    has it (no [batch, k, d] gather), else through its autograd."""
     B, k = idx.shape
+    if pattern is not None:
+        try:
+            return pattern.sampled(W_dec, grad)
+        except (RuntimeError, NotImplementedError):  # a backend without sampled CSR matmuls
+            pass
     op = getattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward", None)
     if op is not None:
         try:
@@ -186,7 +220,7 @@ class _SparseDecode(torch.autograd.Function):
         grad = grad.contiguous()
         grad_vals = grad_W = None
         if ctx.needs_input_grad[0]:
-            grad_vals = _chosen_values_grad(grad, W_dec, idx)
+            grad_vals = _chosen_values_grad(grad, W_dec, idx, ctx.pattern)
         if ctx.needs_input_grad[1]:
             grad_W = (ctx.pattern or LatentMajor(idx, W_dec.shape[0])).matmul(vals, grad)
         return grad_vals, grad_W, None, None

@@ -294,12 +294,16 @@ class ShardLoader:
         self.local = batch_size // parts
         self.buffer_shards = buffer_shards
         self.state = LoaderState([0] * len(self.parts), [0] * len(self.parts), [0] * len(self.parts))
-        self._buf: dict[int, tuple[tuple[int, int], Rows]] = {}
+        self._buf: dict[int, tuple[tuple[int, int], tuple[Rows, torch.Tensor]]] = {}
 
     def shards_of(self, part: int) -> list[int]:
         return [i for i in range(self.n_shards) if i % self.n_parts == part]
 
-    def _group(self, j: int, part: int, epoch: int, group: int) -> Optional[Rows]:
+    def _group(self, j: int, part: int, epoch: int, group: int) -> Optional[tuple[Rows, torch.Tensor]]:
+        """The buffer (rows of ``buffer_shards`` shards) and its shuffled order. The order is kept
+        apart from the rows: each batch gathers its own rows, so the buffer is never copied in
+        shuffled order (that copy cost as much memory as the buffer and, for a large buffer,
+        most of a first step's time)."""
         key = (epoch, group)
         if j in self._buf and self._buf[j][0] == key:
             return self._buf[j][1]
@@ -309,11 +313,11 @@ class ShardLoader:
         chunk = order[group * self.buffer_shards: (group + 1) * self.buffer_shards]
         if not chunk:
             return None
-        rows = Rows.cat([self.shard_fn(i) for i in chunk])
+        shards = [self.shard_fn(i) for i in chunk]
+        rows = shards[0] if len(shards) == 1 else Rows.cat(shards)
         g2 = torch.Generator().manual_seed(hash((self.seed, part, epoch, group)) % (2**62))
-        rows = rows.index(torch.randperm(len(rows), generator=g2))
-        self._buf[j] = (key, rows)
-        return rows
+        self._buf[j] = (key, (rows, torch.randperm(len(rows), generator=g2)))
+        return self._buf[j][1]
 
     def next(self) -> Rows:
         """The next batch of this rank's parts (concatenated in part order)."""
@@ -321,19 +325,20 @@ class ShardLoader:
         st = self.state
         for j, part in enumerate(self.parts):
             while True:
-                rows = self._group(j, part, st.epoch[j], st.group[j])
-                if rows is None:
+                buffered = self._group(j, part, st.epoch[j], st.group[j])
+                if buffered is None:
                     st.epoch[j] += 1
                     st.group[j], st.offset[j] = 0, 0
                     continue
+                rows, perm = buffered
                 if st.offset[j] + self.local > len(rows):
                     st.group[j] += 1
                     st.offset[j] = 0
                     continue
-                out.append(rows.index(torch.arange(st.offset[j], st.offset[j] + self.local)))
+                out.append(rows.index(perm[st.offset[j]: st.offset[j] + self.local]))
                 st.offset[j] += self.local
                 break
-        return Rows.cat(out)
+        return out[0] if len(out) == 1 else Rows.cat(out)
 
     def state_dict(self) -> dict:
         return asdict(self.state)
