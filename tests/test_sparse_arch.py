@@ -126,15 +126,15 @@ def test_loss_gradients_match_dense_reference(arch, kind):
     ref_loss, ref = reference_grads(c, x, x if y is None else y, scale, dead)
     assert torch.allclose(out.loss.detach(), ref_loss, rtol=1e-10, atol=1e-10)
     for name, gref in ref.items():
-        got = getattr(c, name).grad
+        got = c.W_enc_t.grad.t() if name == "W_enc" else getattr(c, name).grad  # held transposed
         assert got is not None, f"{name} received no gradient"
         assert torch.allclose(got, gref, rtol=1e-8, atol=1e-10), f"{arch}/{kind}: gradient of {name} differs"
     if "topk" in arch:
         # AuxK must reach the encoder columns of dead latents
-        with_aux = c.W_enc.grad.clone()
+        with_aux = c.W_enc_t.grad.clone()
         c.zero_grad()
         c.loss(x, y, LossContext(sparsity_scale=scale, dead=None)).loss.backward()
-        diff = (with_aux - c.W_enc.grad).abs().sum(0)
+        diff = (with_aux - c.W_enc_t.grad).abs().sum(1)
         assert diff[dead].sum() > 1e-6 and diff[~dead].sum() == 0
     if arch == "jumprelu":
         assert c.log_threshold.grad.abs().sum() > 0, "thresholds receive no gradient"
@@ -234,3 +234,25 @@ def test_latent_major_sampled_matmul_matches_brute_force():
     a, m = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(B, d, generator=g, dtype=torch.float64)
     got = LatentMajor(idx, n).sampled(a, m)
     assert torch.allclose(got, (a[idx] * m[:, None, :]).sum(-1), rtol=1e-12, atol=1e-12)
+
+
+def test_encoder_product_through_onednn_matches_addmm_and_the_topk_loss_uses_it():
+    """The fp32 CPU encoder product of a TopK step (oneDNN where available) equals torch.addmm's
+    up to fp32 rounding, is only taken for the held-transposed layout and fp32, and the TopK
+    loss built on it reconstructs like the dense reference."""
+    from circuitlab.sparse.sparse_grad import _onednn_linear
+
+    g = torch.Generator().manual_seed(11)
+    x, W_t, b = torch.randn(256, 64, generator=g), torch.randn(512, 64, generator=g) / 8, torch.randn(512, generator=g)
+    h = _onednn_linear(x, W_t.t(), b)
+    if h is None:
+        pytest.skip("this torch build has no oneDNN linear kernel")
+    assert torch.allclose(h, torch.addmm(b, x, W_t.t()), rtol=1e-5, atol=1e-5)
+    assert _onednn_linear(x, W_t.t().contiguous(), b) is None  # not the held-transposed layout
+    assert _onednn_linear(x.double(), W_t.double().t(), b.double()) is None
+    c = make_coder(config_class("topk")(d_in=64, d_sae=512, k=8, seed=3))
+    with torch.no_grad():
+        c.b_enc.copy_(b / 10)
+        vals, idx = c.pre(x).topk(8, dim=-1)
+        ref = torch.zeros(256, 512).scatter(1, idx, vals.relu()) @ c.W_dec + c.b_dec
+    assert torch.allclose(c.loss(x, None).y_hat, ref, rtol=1e-5, atol=1e-5)

@@ -47,6 +47,28 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
         assert torch.equal(full.fire_count[n], resumed.fire_count[n])
 
 
+def test_resume_reads_adam_state_from_checkpoints_that_stored_the_encoder_untransposed(tmp_path):
+    """Checkpoints written before the encoder was held transposed keep W_enc's Adam moments under
+    adam/W_enc/ in [d_in, d_sae] layout; resuming from one still gives the uninterrupted weights."""
+    from safetensors.torch import load_file, save_file
+
+    full = Trainer(_coders(), ShardLoader(DATA.shard, 6, 128, seed=5, buffer_shards=2), _cfg(), tmp_path / "a")
+    full.run(sample=DATA.shard(0))
+    part = Trainer(_coders(), ShardLoader(DATA.shard, 6, 128, seed=5, buffer_shards=2), _cfg(), tmp_path / "b")
+    part.run(sample=DATA.shard(0), stop_after=25)
+    info = json.loads((tmp_path / "b/checkpoints/latest.json").read_text())
+    f = tmp_path / "b/checkpoints" / info["file"]
+    t = load_file(str(f))
+    old = {(k.replace("/adam/W_enc_t/", "/adam/W_enc/")): (v.t().contiguous() if "/adam/W_enc_t/" in k and v.dim() == 2
+                                                          else v) for k, v in t.items()}
+    assert sum("/adam/W_enc/" in k for k in old) >= 2
+    save_file(old, str(f))
+    resumed = Trainer(_coders(), ShardLoader(DATA.shard, 6, 128, seed=5, buffer_shards=2), _cfg(), tmp_path / "b")
+    resumed.run()
+    for n in full.coders:
+        assert torch.equal(full.coders[n].W_enc, resumed.coders[n].W_enc), n
+
+
 def test_dead_latents_tracked_in_tokens_and_auxk_revives(tmp_path):
     c = {"topk": make_coder(config_class("topk")(d_in=16, d_sae=64, k=2, aux_k=8, seed=1))}
     with torch.no_grad():  # nearly kill half the latents: they (almost) never win the top-k

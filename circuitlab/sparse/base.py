@@ -191,7 +191,11 @@ class SparseCoder(nn.Module):
     """``f = act((x - b_pre) @ W_enc + b_enc)``, ``y_hat = f @ W_dec + b_dec (+ x @ W_skip)``.
 
     Parameters use the SAE Lens orientation (W_enc [d_in, d_sae], W_dec [d_sae, d_out]) with the
-    source / target vectors concatenated. Buffers ``in_scale``/``out_scale`` hold the training
+    source / target vectors concatenated; state dicts and files do too. The encoder is *held*
+    transposed, as ``W_enc_t`` [d_sae, d_in] (one contiguous row per latent), and ``W_enc`` is its
+    view: TopK's sparse weight gradient is computed latent by latent, so it lands in this layout
+    directly instead of through a transposing copy every step (the dense matmuls run as fast
+    with either layout). Buffers ``in_scale``/``out_scale`` hold the training
     normalisation (E||x|| = sqrt(d) per source); ``fold_scaling`` moves it into the weights.
     """
 
@@ -215,12 +219,19 @@ class SparseCoder(nn.Module):
         else:
             w_enc = torch.randn(din, n, generator=g)
             w_enc = w_enc / w_enc.norm(dim=0, keepdim=True) * cfg.init_decoder_norm
-        self.W_enc = nn.Parameter(w_enc.contiguous())
+        self.W_enc_t = nn.Parameter(w_enc.t().contiguous())
         self.b_enc = nn.Parameter(torch.zeros(n))
         self.b_dec = nn.Parameter(torch.zeros(dout))
         self.W_skip = nn.Parameter(torch.zeros(din, dout)) if cfg.skip else None
         self.register_buffer("in_scale", torch.ones(S))
         self.register_buffer("out_scale", torch.ones(T))
+        self.register_state_dict_post_hook(_encoder_to_saved_layout)
+        self.register_load_state_dict_pre_hook(_encoder_from_saved_layout)
+
+    @property
+    def W_enc(self) -> torch.Tensor:
+        """[d_in, d_sae] encoder (a view of ``W_enc_t``; its gradient is ``W_enc_t.grad``)."""
+        return self.W_enc_t.t()
 
     # -- shapes ----------------------------------------------------------------------------
     @property
@@ -323,6 +334,17 @@ class SparseCoder(nn.Module):
     def extra_tensors(self) -> dict[str, torch.Tensor]:
         """Non-parameter tensors to save (thresholds)."""
         return {}
+
+
+def _encoder_to_saved_layout(module, state_dict, prefix, local_metadata) -> None:
+    """State dicts carry W_enc [d_in, d_sae] (SAE Lens layout), not the held transpose."""
+    if prefix + "W_enc_t" in state_dict:
+        state_dict[prefix + "W_enc"] = state_dict.pop(prefix + "W_enc_t").t()
+
+
+def _encoder_from_saved_layout(module, state_dict, prefix, *args) -> None:
+    if prefix + "W_enc" in state_dict:
+        state_dict[prefix + "W_enc_t"] = state_dict.pop(prefix + "W_enc").t()
 
 
 def kaiming_scale(d: int) -> float:

@@ -153,21 +153,43 @@ class _ScratchBuffer:
 _PRE_SCRATCH = _ScratchBuffer()
 
 
+def _onednn_linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> Optional[torch.Tensor]:
+    """x @ W + b in fp32 through oneDNN, or None where that path does not apply. W must be the
+    transposed view of a contiguous [d_sae, d_in] matrix (how coders hold W_enc). On this
+    project's CPU machine (AMD, AVX-512) oneDNN's fp32 GEMM ran the d_in 768 encoder product
+    ~20% faster than the MKL GEMM behind ``torch.addmm`` -- same precision (fp32 products and
+    sums; errors against float64 of the same order as MKL's) -- even though it allocates its
+    output each call."""
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or W.dtype != torch.float32 or x.dim() != 2
+            or not x.is_contiguous() or not W.t().is_contiguous() or not torch.backends.mkldnn.is_available()):
+        return None
+    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if op is None:
+        return None
+    try:
+        return op(x, W.t(), b, "none", [], "")
+    except (RuntimeError, TypeError):  # a build or version without this kernel
+        return None
+
+
 def topk_pre(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int,
              shift: Optional[torch.Tensor] = None, scratch: bool = False
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, LatentMajor]:
     """(values [batch, k], indices [batch, k], dense pre-activations [batch, d_sae] without grad,
     the indices' latent-major pattern to pass on to ``sparse_decode``) of the k largest
     pre-activations ``(x - shift) @ W_enc + b_enc``; gradients reach x, shift, W_enc and b_enc
-    through the k chosen entries only. ``scratch``: on CPU, write the pre-activations into a
+    through the k chosen entries only. The fp32 CPU product runs through oneDNN where it can
+    (``_onednn_linear``). ``scratch``: where it cannot, on CPU, write the pre-activations into a
     buffer shared by every call (the returned tensor is overwritten by the next such call: for
     a training step that reads them only inside its loss)."""
     with torch.no_grad():
         x_enc = x if shift is None else x - shift
-        out = None
-        if scratch and x.device.type == "cpu":
-            out = _PRE_SCRATCH.get((x_enc.shape[0], W_enc.shape[1]), x_enc)
-        h = torch.addmm(b_enc, x_enc, W_enc, out=out) if out is not None else torch.addmm(b_enc, x_enc, W_enc)
+        h = _onednn_linear(x_enc, W_enc, b_enc)
+        if h is None:
+            out = None
+            if scratch and x.device.type == "cpu":
+                out = _PRE_SCRATCH.get((x_enc.shape[0], W_enc.shape[1]), x_enc)
+            h = torch.addmm(b_enc, x_enc, W_enc, out=out) if out is not None else torch.addmm(b_enc, x_enc, W_enc)
         values, idx = row_topk(h, k)
     pattern = LatentMajor(idx, W_enc.shape[1])
     return _GatherPre.apply(x, shift, W_enc, b_enc, x_enc, idx, values, pattern), idx, h, pattern

@@ -155,6 +155,10 @@ class Trainer:
         self.fire_count = {n: torch.zeros(c.d_sae, dtype=torch.long) for n, c in coders.items()}
         self.tokens_seen = 0
         self.history: list[dict] = []
+        self.elapsed = 0.0
+        """Wall seconds of the last ``run`` (checkpoint writes included)."""
+        self.checkpoint_seconds = 0.0
+        """Of those, the seconds spent writing checkpoints."""
 
     @property
     def dead_window(self) -> int:
@@ -262,6 +266,10 @@ class Trainer:
             for i, pn in enumerate(names):
                 pre = f"{n}/adam/{pn}/"
                 s = {k[len(pre):]: v for k, v in t.items() if k.startswith(pre)}
+                if not s and pn == "W_enc_t":  # checkpoints from before the encoder was held transposed
+                    pre = f"{n}/adam/W_enc/"
+                    s = {k[len(pre):]: (v.t().contiguous() if v.dim() == 2 else v) for k, v in t.items()
+                         if k.startswith(pre)}
                 if s:
                     state[i] = s
             opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
@@ -343,6 +351,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc="training",
                    disable=not (self.cfg.progress and self.comm.rank == 0), dynamic_ncols=True)
         t0, tok0 = time.perf_counter(), self.tokens_seen
+        self.checkpoint_seconds = 0.0
         logs: dict = {}
         try:
             while self.step < self.total_steps:
@@ -357,13 +366,18 @@ class Trainer:
                     self.history.append({"step": self.step, "tokens": self.tokens_seen, "tokens_per_s": rate, **{
                         f"{n}.{k}": v for n, d in logs.items() for k, v in d.items()}})
                 if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
+                    self._timed_checkpoint()
         finally:
             bar.close()
         if stop_after is None or self.step >= self.total_steps:
-            self.save_checkpoint()
+            self._timed_checkpoint()
         self.elapsed = time.perf_counter() - t0
         return logs
+
+    def _timed_checkpoint(self) -> None:
+        t0 = time.perf_counter()
+        self.save_checkpoint()
+        self.checkpoint_seconds += time.perf_counter() - t0
 
     def densities(self, name: str) -> torch.Tensor:
         """[d_sae] firing frequency of each latent over training."""
