@@ -79,6 +79,9 @@ class Rows:
 
     @staticmethod
     def cat(rows: Sequence["Rows"]) -> "Rows":
+        """The rows one after another (a single part is returned as it is, not copied)."""
+        if len(rows) == 1:
+            return rows[0]
         y = None if rows[0].y is None else torch.cat([r.y for r in rows])
         return Rows(torch.cat([r.x for r in rows]), y, torch.cat([r.tokens for r in rows]),
                     torch.cat([r.doc for r in rows]), torch.cat([r.pos for r in rows]))
@@ -313,8 +316,7 @@ class ShardLoader:
         chunk = order[group * self.buffer_shards: (group + 1) * self.buffer_shards]
         if not chunk:
             return None
-        shards = [self.shard_fn(i) for i in chunk]
-        rows = shards[0] if len(shards) == 1 else Rows.cat(shards)
+        rows = Rows.cat([self.shard_fn(i) for i in chunk])
         g2 = torch.Generator().manual_seed(hash((self.seed, part, epoch, group)) % (2**62))
         self._buf[j] = (key, (rows, torch.randperm(len(rows), generator=g2)))
         return self._buf[j][1]
@@ -338,7 +340,7 @@ class ShardLoader:
                 out.append(rows.index(perm[st.offset[j]: st.offset[j] + self.local]))
                 st.offset[j] += self.local
                 break
-        return out[0] if len(out) == 1 else Rows.cat(out)
+        return Rows.cat(out)
 
     def state_dict(self) -> dict:
         return asdict(self.state)
