@@ -3,10 +3,11 @@
 Same activations (saved once to safetensors and read by every library), same TopK setup
 (k=32, 8x expansion, batch 4096 tokens, fp32, 2 threads), equal token budgets; reports
 tokens/s over each library's training steps (circuitlab's final checkpoint write is timed
-separately, as the peers' drivers write none), held-out FVU (variance around the mean), the fraction of latents that never fire on the
-held-out tokens (an FVU bought with fewer live latents is no like-for-like win) and circuitlab's
-fraction of this machine's dense fp32 matmul throughput. The peers run in their own virtual environment, created here
-(CPU torch 2.13.0 first, then ``sae-lens`` and ``eai-sparsify``), never as our dependencies:
+separately, as the peers' drivers write none), held-out FVU (variance around the mean), the
+fraction of latents that never fire on the held-out tokens (an FVU bought with fewer live
+latents is no like-for-like win) and circuitlab's fraction of this machine's dense fp32 matmul
+throughput. The peers run in their own virtual environment, created here (CPU torch 2.13.0
+first, then ``sae-lens`` and ``eai-sparsify``), never as our dependencies:
 
     python benchmarks/sparse_training.py --d 128 128 768 --steps 40 200 40 --repeats 3
     CIRCUITLAB_BENCH_VENV=/path/to/venv python benchmarks/sparse_training.py   # reuse a venv

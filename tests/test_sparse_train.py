@@ -32,12 +32,24 @@ def _cfg(**kw):
     return TrainConfig(**base)
 
 
-def test_resume_after_interruption_gives_identical_weights(tmp_path):
+@pytest.mark.parametrize("untransposed_adam", [False, True])
+def test_resume_after_interruption_gives_identical_weights(tmp_path, untransposed_adam):
+    """``untransposed_adam``: the checkpoint is rewritten as written before the encoder was held
+    transposed (W_enc's Adam moments under adam/W_enc/ in [d_in, d_sae] layout)."""
+    from safetensors.torch import load_file, save_file
+
     full = Trainer(_coders(), ShardLoader(DATA.shard, 6, 128, seed=5, buffer_shards=2), _cfg(), tmp_path / "a")
     full.run(sample=DATA.shard(0))
     part = Trainer(_coders(), ShardLoader(DATA.shard, 6, 128, seed=5, buffer_shards=2), _cfg(), tmp_path / "b")
     part.run(sample=DATA.shard(0), stop_after=25)  # "killed" at step 25: last checkpoint is step 20
-    assert json.loads((tmp_path / "b/checkpoints/latest.json").read_text())["step"] == 20
+    info = json.loads((tmp_path / "b/checkpoints/latest.json").read_text())
+    assert info["step"] == 20
+    if untransposed_adam:
+        f = tmp_path / "b/checkpoints" / info["file"]
+        old = {k.replace("/adam/W_enc_t/", "/adam/W_enc/"): v.t().contiguous() if "/adam/W_enc_t/" in k and v.dim() == 2
+               else v for k, v in load_file(str(f)).items()}
+        assert sum("/adam/W_enc/" in k for k in old) >= 2
+        save_file(old, str(f))
     resumed = Trainer(_coders(), ShardLoader(DATA.shard, 6, 128, seed=5, buffer_shards=2), _cfg(), tmp_path / "b")
     resumed.run()
     assert resumed.step == full.step == 40
@@ -45,28 +57,6 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
         for (k, a), (_, b) in zip(full.coders[n].state_dict().items(), resumed.coders[n].state_dict().items()):
             assert torch.equal(a, b), f"{n}.{k} differs after resuming"
         assert torch.equal(full.fire_count[n], resumed.fire_count[n])
-
-
-def test_resume_reads_adam_state_from_checkpoints_that_stored_the_encoder_untransposed(tmp_path):
-    """Checkpoints written before the encoder was held transposed keep W_enc's Adam moments under
-    adam/W_enc/ in [d_in, d_sae] layout; resuming from one still gives the uninterrupted weights."""
-    from safetensors.torch import load_file, save_file
-
-    full = Trainer(_coders(), ShardLoader(DATA.shard, 6, 128, seed=5, buffer_shards=2), _cfg(), tmp_path / "a")
-    full.run(sample=DATA.shard(0))
-    part = Trainer(_coders(), ShardLoader(DATA.shard, 6, 128, seed=5, buffer_shards=2), _cfg(), tmp_path / "b")
-    part.run(sample=DATA.shard(0), stop_after=25)
-    info = json.loads((tmp_path / "b/checkpoints/latest.json").read_text())
-    f = tmp_path / "b/checkpoints" / info["file"]
-    t = load_file(str(f))
-    old = {(k.replace("/adam/W_enc_t/", "/adam/W_enc/")): (v.t().contiguous() if "/adam/W_enc_t/" in k and v.dim() == 2
-                                                          else v) for k, v in t.items()}
-    assert sum("/adam/W_enc/" in k for k in old) >= 2
-    save_file(old, str(f))
-    resumed = Trainer(_coders(), ShardLoader(DATA.shard, 6, 128, seed=5, buffer_shards=2), _cfg(), tmp_path / "b")
-    resumed.run()
-    for n in full.coders:
-        assert torch.equal(full.coders[n].W_enc, resumed.coders[n].W_enc), n
 
 
 def test_dead_latents_tracked_in_tokens_and_auxk_revives(tmp_path):
