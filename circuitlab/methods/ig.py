@@ -1,9 +1,21 @@
-"""Integrated gradients (Sundararajan et al.; EAP-IG), two variants.
+"""Integrated gradients (Sundararajan et al.; EAP-IG), two variants and five step rules.
 
-IG(n) = (n(x_source) - n(x_base)) . mean over alpha in {1/m, ..., 1} of dL/dn at the
-interpolated point. ``variant="inputs"`` (EAP-IG-inputs) interpolates the token embeddings:
-m forward+backward passes for all nodes at once. ``variant="activations"`` interpolates one
-site's activations (all positions) at a time: m passes per layer of the site family.
+IG(n) = (n(x_source) - n(x_base)) . integral over alpha in [0, 1] of dL/dn at the interpolated
+point, the integral taken by a quadrature ``rule`` with ``steps`` = m nodes:
+
+- ``"right"`` (default): alpha = k/m, k = 1..m, equal weights 1/m. This is the rule of the
+  EAP-IG reference code (Hanna et al.) and Captum's ``method="riemann_right"``.
+- ``"left"``: alpha = k/m, k = 0..m-1 (Captum ``"riemann_left"``).
+- ``"midpoint"``: alpha = (k - 1/2)/m, k = 1..m (Captum ``"riemann_middle"``).
+- ``"trapezoid"``: alpha = k/(m-1), k = 0..m-1, end weights halved (Captum
+  ``"riemann_trapezoid"``; needs m >= 2).
+- ``"gauss-legendre"``: Gauss-Legendre nodes and weights mapped to [0, 1] (Captum's default,
+  ``"gausslegendre"``): exact for polynomial integrands of degree < 2m, so usually the most
+  accurate for a given m.
+
+``variant="inputs"`` (EAP-IG-inputs) interpolates the token embeddings: m forward+backward
+passes for all nodes at once. ``variant="activations"`` runs the base prompts and interpolates
+one site's activations (all positions) at a time: m passes per layer of the site family.
 Completeness (the values summing to L(source) - L(base)) holds over a full cut, e.g. the
 residual stream at one layer over all positions, as m grows. The m steps run as batched copies.
 """
@@ -13,6 +25,7 @@ from __future__ import annotations
 import time
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from circuitlab.engine.cache import capture
@@ -21,10 +34,37 @@ from circuitlab.methods.attribution import make_result, node_values, prepare, re
 from circuitlab.result import Result
 
 VARIANTS = ("inputs", "activations")
+RULES = ("right", "left", "midpoint", "trapezoid", "gauss-legendre")
 
 
-def _alphas(steps: int, B: int, device) -> torch.Tensor:
-    return (torch.arange(1, steps + 1, device=device, dtype=torch.float32) / steps).repeat_interleave(B)
+def quadrature(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alphas, weights) of ``rule`` with ``steps`` nodes on [0, 1], float64; weights sum to 1.
+
+    Computed in float64 so that a float64 model sees the exact nodes (k/3 rounded to float32 is
+    off by 1e-8); cast to float32 they equal the float32 quotients bit for bit."""
+    if rule not in RULES:
+        raise ValueError(f"unknown IG rule {rule!r}; choose from {', '.join(RULES)}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"IG needs a whole number of steps >= 1 (got {steps!r}); e.g. steps=16")
+    m = int(steps)
+    k = torch.arange(m, dtype=torch.float64)
+    w = torch.full((m,), 1.0 / m, dtype=torch.float64)
+    if rule == "right":
+        a = (k + 1) / m
+    elif rule == "left":
+        a = k / m
+    elif rule == "midpoint":
+        a = (k + 0.5) / m
+    elif rule == "trapezoid":
+        if m < 2:
+            raise ValueError("the trapezoid rule needs steps >= 2 (both end points); e.g. steps=16")
+        a = k / (m - 1)
+        w = torch.full((m,), 1.0 / (m - 1), dtype=torch.float64)
+        w[0] = w[-1] = 0.5 / (m - 1)
+    else:
+        x, wx = np.polynomial.legendre.leggauss(m)
+        a, w = torch.from_numpy(0.5 * (x + 1)), torch.from_numpy(0.5 * wx)
+    return a, w
 
 
 def _interpolate(base_act: torch.Tensor, src_act: torch.Tensor, alphas: torch.Tensor):
@@ -38,41 +78,57 @@ def _interpolate(base_act: torch.Tensor, src_act: torch.Tensor, alphas: torch.Te
     return fn
 
 
+def _integrate(g: torch.Tensor, weights: torch.Tensor, B: int) -> tuple[torch.Tensor, int]:
+    """(weighted sum over the steps of gradients stacked as [steps * B, ...], divisor).
+
+    Equal weights give the plain sum and the step count, divided only after multiplying by the
+    activation difference: the right rule then stays bit-identical to the plain mean."""
+    steps = weights.shape[0]
+    g = g.view(steps, B, *g.shape[1:])
+    if bool((weights == weights[0]).all()):
+        return g.sum(0), steps
+    return (g * weights.to(g.device, g.dtype).view(-1, *([1] * (g.dim() - 1)))).sum(0), 1
+
+
 def ig(model, task, sites: str = "resid_pre", direction: str = "denoising",
        positions: Optional[Sequence[int | str]] = None, layers: Optional[Sequence[int]] = None,
-       steps: int = 16, variant: str = "inputs", **_) -> Result:
+       steps: int = 16, variant: str = "inputs", rule: str = "right", **_) -> Result:
+    """IG of ``task.metric`` for each node of ``sites``; see the module docstring for
+    ``variant`` ("inputs" or "activations") and ``rule`` (how the m = ``steps`` points are
+    placed and weighted)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown IG variant {variant!r}; choose from {VARIANTS}")
+    alphas, weights = quadrature(rule, steps)
     t0 = time.perf_counter()
     base, src, grid = prepare(model, task, sites, direction, positions, layers)
     hooks = sorted({n.hook for n in grid.nodes})
     B = base.shape[0]
-    alphas = _alphas(steps, B, base.device)
+    alphas = alphas.to(base.device).repeat_interleave(B)
     names = hooks + ["hook_embed"] if variant == "inputs" else hooks
     src_acts = capture(model, src, names)
     base_acts = capture(model, base, names)
-    grads_sum: dict[str, torch.Tensor] = {}
+    grads: dict[str, tuple[torch.Tensor, int]] = {}
     with torch.no_grad():
         base_value = float(task.metric.reduce(_per_prompt(model, base, task)[None])[0])
     if variant == "inputs":
         interp = _interpolate(base_acts["hook_embed"], src_acts["hook_embed"], alphas)
         run = forward_for_grads(model, base, task.metric, hooks, extra_hooks=[("hook_embed", interp)], copies=steps)
         g = run.grads()
-        grads_sum = {h: g[h].view(steps, B, *g[h].shape[1:]).sum(0) for h in hooks}
+        grads = {h: _integrate(g[h], weights, B) for h in hooks}
         passes = 1
     else:
         passes = 0
         for h in hooks:
             interp = _interpolate(base_acts[h], src_acts[h], alphas)
             run = forward_for_grads(model, base, task.metric, [h], extra_hooks=[(h, interp)], copies=steps)
-            g = run.grads()[h]
-            grads_sum[h] = g.view(steps, B, *g.shape[1:]).sum(0)
+            grads[h] = _integrate(run.grads()[h], weights, B)
             passes += 1
-    scores = {h: reduce_to_nodes(grid.family, (src_acts[h] - base_acts[h]) * grads_sum[h] / steps) for h in hooks}
+    scores = {h: reduce_to_nodes(grid.family, (src_acts[h] - base_acts[h]) * grads[h][0] / grads[h][1]) for h in hooks}
     values = node_values(grid.nodes, scores, task.roles, B)
     fwd = steps * passes + 3
     return make_result(grid, values, "ig", sites, direction, task, base_value, t0, fwd, steps * passes,
-                       meta={"variant": variant, "steps": steps, "forward_passes_note": "forward-pass equivalents (steps run as batched copies)"})
+                       meta={"variant": variant, "steps": steps, "rule": rule,
+                             "forward_passes_note": "forward-pass equivalents (steps run as batched copies)"})
 
 
 def _per_prompt(model, tokens, task):
