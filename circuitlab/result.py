@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import glob
 import json
 import os
+import shutil
+import sys
 import tempfile
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -80,36 +87,47 @@ class Result:
         return result_heatmap(self, title)
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path``.safetensors (tensors) and ``path``.json (everything else), atomically."""
+        """Write ``path``.safetensors (tensors) and ``path``.json (everything else); return the
+        .json path. Only a ``.json`` or ``.safetensors`` ending is taken as a suffix, so
+        ``ioi_lr0.1`` and ``ioi_lr0.2`` are two results. Both files are staged first and then
+        renamed into place; a failed save leaves the previous pair whole, and both carry one
+        ``save_id`` so ``load`` refuses a pair from two different saves."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        js, st = result_files(path)
+        save_id = uuid.uuid4().hex
         tensors = {"values": self.values.detach().cpu().contiguous()}
         tensors.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in self.extras.items()})
         info = {
             "format": "circuitlab.result/1", "labels": self.labels, "dims": list(self.dims),
             "method": self.method, "sites": self.sites, "direction": self.direction,
             "metric": self.metric, "baseline": self.baseline, "cost": vars(self.cost), "meta": self.meta,
+            "save_id": save_id,
         }
-        st = path.with_suffix(".safetensors")
-        atomic_write(st, lambda p: save_file(tensors, str(p)))
-        atomic_write(path.with_suffix(".json"), lambda p: Path(p).write_text(json.dumps(info, indent=1, default=str)))
-        return path.with_suffix(".json")
+        text = json.dumps(info, indent=1, default=str)
+        with atomic_files(st, js) as (tmp_st, tmp_js):
+            save_file(tensors, str(tmp_st), metadata={"save_id": save_id})
+            tmp_js.write_text(text)
+        return js
 
     @staticmethod
     def load(path: str | Path) -> "Result":
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
-        path = Path(path)
+        js, st = result_files(path)
         try:
-            tensors = load_file(str(path.with_suffix(".safetensors")))
+            tensors = load_file(str(st))
+            with safe_open(str(st), framework="pt") as f:
+                st_id = (f.metadata() or {}).get("save_id")
         except (SafetensorError, OSError, Exception) as e:
-            raise ValueError(f"{path.with_suffix('.safetensors')} is not a readable safetensors file ({e})") from e
-        info = json.loads(path.with_suffix(".json").read_text())
+            raise ValueError(f"{st} is not a readable safetensors file ({e})") from e
+        info = json.loads(js.read_text())
         if info.get("format") != "circuitlab.result/1":
-            raise ValueError(f"{path.with_suffix('.json')} is not a circuitlab result file")
+            raise ValueError(f"{js} is not a circuitlab result file")
+        if info.get("save_id") != st_id:
+            raise ValueError(f"{js} and {st} come from two different saves (an interrupted save or a file "
+                             "copied from elsewhere): save the result again")
         extras = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
         return Result(tensors["values"], info["labels"], tuple(info["dims"]), info["method"], info["sites"],
                       info["direction"], info["metric"], info["baseline"], Cost(**info["cost"]), extras, info["meta"])
@@ -136,3 +154,144 @@ def atomic_write(path: str | Path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+RESULT_SUFFIXES = (".json", ".safetensors")
+"""The endings ``Result.save``/``load`` strip from a path; any other dot is part of the name."""
+
+
+def result_files(path: str | Path) -> tuple[Path, Path]:
+    """(.json, .safetensors) files of the result saved at ``path``."""
+    path = Path(path)
+    if path.suffix in RESULT_SUFFIXES:
+        path = path.with_suffix("")
+    if not path.name:
+        raise ValueError(f"{str(path)!r} names no file: pass a path such as out/ioi_exact")
+    return path.with_name(path.name + ".json"), path.with_name(path.name + ".safetensors")
+
+
+# ------------------------------------------------------------------ all-or-nothing multi-file writes
+
+def _normal_mode(p: str | Path, directory: bool = False) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(p, (0o777 if directory else 0o666) & ~umask)  # mkdtemp/mkstemp create owner-only entries
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _clean_orphans(target: Path) -> None:
+    """Remove staging folders of ``target`` left by writes whose process is gone."""
+    for p in glob.glob(os.path.join(glob.escape(str(target.parent)), f".{glob.escape(target.name)}.tmp-*")):
+        pid = os.path.basename(p)[len(target.name) + 6:].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _stage(target: Path) -> Path:
+    """A new empty staging folder beside ``target`` (``.NAME.tmp-PID-*``; orphans cleaned first)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _clean_orphans(target)
+    return Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-{os.getpid()}-"))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """Hard-link (or copy) into ``new`` the entries of ``old`` the new write did not produce."""
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for entry in os.scandir(old):
+        dst = new / entry.name
+        if os.path.lexists(dst):
+            continue
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry.path), dst)
+        elif entry.is_dir():
+            shutil.copytree(entry.path, dst, symlinks=True, copy_function=link)
+        else:
+            link(entry.path, dst)
+
+
+@contextmanager
+def atomic_folder(path: str | Path, keep_others: bool = True) -> Iterator[Path]:
+    """Write a folder of files all-or-nothing.
+
+    Yields an empty staging folder beside ``path``; when the block finishes, the staging
+    folder replaces ``path`` in one rename (an atomic exchange on Linux), so readers see the
+    old folder or the new one, never a mix. If the block raises, ``path`` is left as it was.
+    Entries of the old folder the block did not write are kept (hard-linked) unless
+    ``keep_others`` is False. A staging folder orphaned by a killed process is removed by the
+    next write to the same path and is never read.
+    """
+    target = Path(os.path.abspath(path))
+    if target.is_symlink():
+        target = target.resolve()
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{target} exists and is not a folder: pass a folder path (or remove the file)")
+    tmp = _stage(target)
+    try:
+        yield tmp
+        _normal_mode(tmp, directory=True)
+        if not target.exists():
+            os.rename(tmp, target)
+            return
+        if keep_others:
+            _carry_over(target, tmp)
+        if _exchange(tmp, target):
+            shutil.rmtree(tmp, ignore_errors=True)  # now holds the old folder
+            return
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-{os.getpid()}-old-"))
+        os.rename(target, old / "x")
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def atomic_files(*paths: str | Path) -> Iterator[list[Path]]:
+    """Write sibling files all-or-nothing: yields one staging path per target (in a staging
+    folder beside them); when the block finishes each is renamed over its target, in order.
+    If the block raises, no target changes. Readers that need the set to match (``Result``)
+    store a shared id in every file: a process killed between two renames leaves a pair that
+    ``Result.load`` refuses rather than mixes."""
+    targets = [Path(os.path.abspath(p)) for p in paths]
+    tmp = _stage(targets[0])
+    staged = [tmp / f"{i}_{t.name}" for i, t in enumerate(targets)]
+    try:
+        yield staged
+        for s, t in zip(staged, targets):
+            _normal_mode(s)
+            os.replace(s, t)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

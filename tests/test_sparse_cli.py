@@ -84,9 +84,9 @@ expansion = 2
     assert summary["k4"]["l0"] <= 4 + 1e-9 and summary["k8"]["l0"] <= 8 + 1e-9
     assert "ce_recovered" in summary["tc"] and "ce_recovered" not in summary["xc"]
     assert len(list((tmp_path / "cache").iterdir())) == 3  # k4 and k8 shared one stream
-    assert main(["eval", str(out / "k4"), "--docs", "8", "--ctx-len", "24"]) == 0
+    assert main(["eval", str(out / "k4"), "--docs", "8", "--ctx-len", "24", "--out", str(tmp_path / "ev")]) == 0
     assert "ce_recovered" in capsys.readouterr().out
-    assert json.loads((out / "k4/metrics.json").read_text())["tokens"] > 0
+    assert json.loads((tmp_path / "ev/metrics.json").read_text())["tokens"] > 0
 
 
 def test_trainer_state_lives_outside_the_output_folder(tmp_path):

@@ -60,7 +60,7 @@ def _model_and_task(a):
 def run(a) -> None:
     from circuitlab import circuits as cc
     from circuitlab.circuits.evaluate import Evaluator
-    from circuitlab.circuits.viz import circuit_figure
+    from circuitlab.circuits.viz import circuit_figure, write_figure
     from circuitlab.viz.report import Report
 
     out = Path(a.out)
@@ -87,8 +87,8 @@ def run(a) -> None:
     fig_curve = curve.plot()
     fig_circuit = circuit_figure(circuit, model.n_layers, model.n_heads, scores,
                                  title=f"{a.method} circuit: {len(circuit)} edges, F = {F:.3f}")
-    fig_curve.write_html(str(out / "faithfulness.html"), include_plotlyjs="cdn")
-    fig_circuit.write_html(str(out / "circuit.html"), include_plotlyjs="cdn")
+    write_figure(fig_curve, out / "faithfulness.html")
+    write_figure(fig_circuit, out / "circuit.html")
     rep = Report(f"circuitlab circuit: {model.name} · {task.name} · {a.method}")
     rep.add("Top edges", f"{scores.metric} change per edge ({a.direction}).",
             [["edge", "score"]] + [[l, v] for l, v in scores.top(20)])

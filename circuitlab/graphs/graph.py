@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from circuitlab.result import atomic_write
+from circuitlab.result import atomic_folder
 
 FORMAT = "circuitlab-graph/1"
 
@@ -184,18 +184,20 @@ class Graph:
 
     # ---------------------------------------------------------------- files
     def save(self, path: str | Path) -> Path:
-        """``path/graph.safetensors`` + ``path/graph.json`` (written atomically)."""
+        """``path/graph.safetensors`` + ``path/graph.json``, all-or-nothing: a failed save leaves
+        the previous graph in ``path`` whole."""
         from safetensors.torch import save_file
 
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         t = {k: getattr(self, k).detach().contiguous().cpu() for k in
              ("tokens", "active_features", "activations", "selected", "logit_tokens", "logit_probs", "adjacency",
               "bias", "preact")}
         meta = {"format": FORMAT, "prompt": self.prompt, "token_strs": self.token_strs, "n_layers": self.n_layers,
                 "logit_strs": self.logit_strs, "scan": self.scan, "model_name": self.model_name, "meta": self.meta}
-        atomic_write(path / "graph.safetensors", lambda p: save_file(t, p))
-        atomic_write(path / "graph.json", lambda p: Path(p).write_text(json.dumps(meta, indent=1)))
+        text = json.dumps(meta, indent=1)
+        with atomic_folder(path) as tmp:
+            save_file(t, str(tmp / "graph.safetensors"))
+            (tmp / "graph.json").write_text(text)
         return path
 
     @classmethod

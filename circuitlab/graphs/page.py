@@ -9,14 +9,12 @@ plot element (``data-clicked``, ``data-highlighted``) and in ``window.circuitlab
 
 from __future__ import annotations
 
-import html
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
 from circuitlab.graphs.graph import Graph
 from circuitlab.graphs.prune import Pruned, prune
-from circuitlab.result import atomic_write
+from circuitlab.webpage import figure_html, page, plot_text, script_json, text, write_html
 
 COLORS = {"feature": "#1f77b4", "error": "#999999", "token": "#2ca02c", "logit": "#d62728"}
 DIV_ID = "graph"
@@ -34,7 +32,7 @@ def page_nodes(graph: Graph, pruned: Pruned) -> tuple[list[int], list[tuple[int,
 
 def _hover(graph: Graph, i: int, pruned: Pruned, tops: dict) -> str:
     nid = graph.node_id(i)
-    lines = [f"<b>{html.escape(graph.label(i))}</b>", f"id {nid}"]
+    lines = [f"<b>{plot_text(graph.label(i))}</b>", f"id {plot_text(nid)}"]
     k = graph.kind(i)
     if k == "feature":
         l, p, f, a = graph.feature_info(i)
@@ -42,7 +40,7 @@ def _hover(graph: Graph, i: int, pruned: Pruned, tops: dict) -> str:
     if k != "logit":
         lines.append(f"influence {float(pruned.node_influence[i]):.3g} (cumulative {float(pruned.cumulative[i]):.3f})")
     if nid in tops and tops[nid]:
-        lines.append("top tokens: " + html.escape(", ".join(tops[nid][:5])))
+        lines.append("top tokens: " + plot_text(", ".join(tops[nid][:5])))
     return "<br>".join(lines)
 
 
@@ -91,15 +89,15 @@ def graph_figure(graph: Graph, pruned: Optional[Pruned] = None, supernodes: Sequ
         if not m:
             continue
         groups.append({"label": label, "ids": [graph.node_id(i) for i in m]})
-        fig.add_trace(go.Scatter(x=[xy[i][0] for i in m], y=[xy[i][1] for i in m], mode="markers", name=str(label),
+        fig.add_trace(go.Scatter(x=[xy[i][0] for i in m], y=[xy[i][1] for i in m], mode="markers", name=plot_text(label),
                                  legendgroup=f"sn{g}", hoverinfo="name",
                                  marker=dict(size=24, symbol="square-open", line=dict(width=2.5),
                                              color=palette[g % len(palette)])))
     L = graph.n_layers
     fig.update_layout(
-        title=title or f"Attribution graph: {html.escape(graph.prompt)}", hovermode="closest", clickmode="event",
+        title=plot_text(title or f"Attribution graph: {graph.prompt}"), hovermode="closest", clickmode="event",
         xaxis=dict(tickmode="array", tickvals=list(range(graph.n_pos)),
-                   ticktext=[html.escape(t) for t in graph.token_strs], title="position", zeroline=False),
+                   ticktext=[plot_text(t) for t in graph.token_strs], title="position", zeroline=False),
         yaxis=dict(tickmode="array", tickvals=list(range(0, L + 2)),
                    ticktext=["emb"] + [f"L{l}" for l in range(L)] + ["logits"], title="layer", zeroline=False),
         height=650, plot_bgcolor="white", legend=dict(title="supernodes"))
@@ -156,27 +154,25 @@ _JS = """
 
 def graph_page(graph: Graph, pruned: Optional[Pruned] = None, supernodes: Sequence[tuple[str, Sequence[int]]] = (),
                top_tokens: Optional[dict[str, list[str]]] = None, title: str = "", scores: Sequence = ()) -> str:
-    """The page as one HTML string (plotly.js inlined; no network access needed)."""
+    """The page as one HTML string (plotly.js inlined; no network access needed). Every label,
+    prompt and token string is escaped: the data the click handler reads is script-safe JSON."""
     fig, data = graph_figure(graph, pruned, supernodes, top_tokens, title)
-    js = _JS % {"div": DIV_ID, "data": json.dumps(data)}
-    body = fig.to_html(full_html=False, include_plotlyjs="inline", div_id=DIV_ID, post_script=js)
-    rows = "".join(f"<tr><td>{html.escape(s.graph)}</td><td>{s.n_features}</td><td>{s.replacement:.3f}</td>"
+    js = _JS % {"div": DIV_ID, "data": script_json(data)}
+    body = figure_html(fig, "inline", div_id=DIV_ID, post_script=js)
+    rows = "".join(f"<tr><td>{text(s.graph)}</td><td>{s.n_features}</td><td>{s.replacement:.3f}</td>"
                    f"<td>{s.completeness:.3f}</td></tr>" for s in scores)
     table = (f"<table><tr><th>graph</th><th>features</th><th>replacement</th><th>completeness</th></tr>{rows}</table>"
              if rows else "")
-    groups = "".join(f"<li><b>{html.escape(g['label'])}</b>: {html.escape(', '.join(g['ids']))}</li>"
-                     for g in data["groups"])
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>circuitlab graph</title>"
-            "<style>body{font-family:system-ui,sans-serif;margin:1em 2em;color:#222}td,th{border:1px solid #ccc;"
-            "padding:2px 8px}table{border-collapse:collapse}#selection{color:#a50;min-height:1.2em}</style></head><body>"
-            f"<h2>{html.escape(graph.prompt)}</h2><p>{len(data['ids'])} nodes, {len(data['edges'])} edges after pruning "
-            f"(model {html.escape(graph.model_name)}, transcoders {html.escape(graph.scan)}). Click a node to highlight "
-            f"the paths through it.</p><div id='selection'></div>{body}{table}"
-            f"{'<h3>Supernodes</h3><ul>' + groups + '</ul>' if groups else ''}</body></html>")
+    groups = "".join(f"<li><b>{text(g['label'])}</b>: {text(', '.join(g['ids']))}</li>" for g in data["groups"])
+    style = ("<style>body{font-family:system-ui,sans-serif;margin:1em 2em;color:#222}td,th{border:1px solid #ccc;"
+             "padding:2px 8px}table{border-collapse:collapse}#selection{color:#a50;min-height:1.2em}</style>")
+    return page("circuitlab graph",
+                f"<h2>{text(graph.prompt)}</h2><p>{len(data['ids'])} nodes, {len(data['edges'])} edges after pruning "
+                f"(model {text(graph.model_name)}, transcoders {text(graph.scan)}). Click a node to highlight "
+                f"the paths through it.</p><div id='selection'></div>{body}{table}"
+                f"{'<h3>Supernodes</h3><ul>' + groups + '</ul>' if groups else ''}", head=style)
 
 
 def write_page(graph: Graph, path: str | Path, **kw) -> Path:
-    path = Path(path)
-    text = graph_page(graph, **kw)
-    atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
-    return path
+    """Write ``graph_page`` to ``path`` atomically."""
+    return write_html(path, graph_page(graph, **kw))

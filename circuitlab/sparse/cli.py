@@ -11,8 +11,9 @@ TRAIN_EPILOG = """examples:
 """
 
 EVAL_EPILOG = """examples:
-  circuitlab eval runs/sparse/sae_topkk32_L2            # a coder folder (SAE Lens layout)
-  circuitlab eval path/to/sae_lens_sae --model gpt2-zoo --docs 256 --out metrics.json
+  circuitlab eval runs/sparse/sae_topkk32_L2            # writes ./eval/sae_topkk32_L2/
+  circuitlab eval path/to/sae_lens_sae --model gpt2-zoo --docs 256 --out my_eval
+The coder folder is only read: metrics.json and density.html go to --out.
 """
 
 
@@ -38,23 +39,30 @@ def cmd_train(a) -> None:
 
 def cmd_eval(a) -> None:
     import circuitlab as cl
-    from circuitlab.sparse.evaluate import density_histogram, evaluate, save_metrics
+    from circuitlab.sparse.evaluate import density_histogram, eval_output, evaluate, resolve_model, save_metrics
     from circuitlab.sparse.files import load_coder
+    from circuitlab.webpage import write_figure
 
     path = Path(a.path)
     coder = load_coder(path)
+    metrics_file, density_file = eval_output(path, a.out)
     names = [a.model] if a.model else list(dict.fromkeys(coder.cfg.models))
     if not names or not names[0]:
         raise ValueError("the coder's cfg.json names no model; pass --model NAME_OR_PATH")
-    models = [cl.load(n) for n in names]
+    models = []
+    for n in names:
+        try:
+            models.append(cl.load(resolve_model(n)))
+        except OSError as e:
+            raise ValueError(f"could not load model {n!r} (named by {'--model' if a.model else path / 'cfg.json'}): "
+                             f"{e}; pass --model NAME_OR_PATH") from e
     m = evaluate(models, coder, n_docs=a.docs, ctx_len=a.ctx_len)
     dens = m.pop("_density")
-    out = Path(a.out) if a.out else path / "metrics.json"
-    save_metrics(m, out)
-    density_histogram(dens, path.name).write_html(out.with_suffix(".density.html"))
+    save_metrics(m, metrics_file)
+    write_figure(density_histogram(dens, path.resolve().name), density_file)
     for k, v in m.items():
         print(f"{k:>22}: {v:.6g}" if isinstance(v, float) else f"{k:>22}: {v}")
-    print(f"wrote {out}")
+    print(f"wrote {metrics_file} and {density_file.name}")
 
 
 def add_parser(subparsers, formatter_class) -> None:
@@ -71,6 +79,7 @@ def add_parser(subparsers, formatter_class) -> None:
     e.add_argument("--docs", type=int, default=1024,
                    help="held-out documents (default 1024, ~38k tokens: dead fractions need that many)")
     e.add_argument("--ctx-len", type=int, default=64, help="tokens per document (default 64)")
-    e.add_argument("--out", help="metrics JSON path (default PATH/metrics.json)")
+    e.add_argument("--out", help="output folder for metrics.json and density.html (default ./eval/<coder folder "
+                                 "name>; never the coder folder itself); a path ending in .json names the metrics file")
     e.set_defaults(fn=cmd_eval)
 

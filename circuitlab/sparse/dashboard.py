@@ -4,12 +4,11 @@ For a latent: its top-activating contexts in the zoo corpus (the activating toke
 its firing density, and the tokens its decoder direction promotes and suppresses through the
 unembedding (the direct logit effect ``W_dec[i] @ W_U``, ignoring the final norm's scale).
 Returned as plain data (``LatentCard``) so attribution graphs and the demo can reuse it, and
-rendered to plotly / HTML.
+rendered to plotly / HTML (every token string escaped; plotly.js bundled beside the page).
 """
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -17,6 +16,7 @@ import torch
 
 from circuitlab.sparse.base import SparseCoder
 from circuitlab.sparse.store import ActivationSource, Exclusion, SourceSpec
+from circuitlab.webpage import Html, figure_html, page, plot_text, text, write_html
 
 
 @dataclass
@@ -87,19 +87,19 @@ def latent_cards(models, coder: SparseCoder, latents: Sequence[int], docs: Optio
     return cards
 
 
-def card_html(card: LatentCard) -> str:
+def card_html(card: LatentCard) -> Html:
     """One latent as an HTML fragment (activating token highlighted)."""
     rows = []
     for c in card.top_contexts:
         toks = "".join(
-            f'<b style="background:#f9c74f">{html.escape(t)}</b> ' if i == c.index else f"{html.escape(t)} "
+            f'<b style="background:#f9c74f">{text(t)}</b> ' if i == c.index else f"{text(t)} "
             for i, t in enumerate(c.tokens))
         rows.append(f"<tr><td>{c.activation:.3f}</td><td>{toks}</td></tr>")
-    pro = ", ".join(f"{html.escape(t)} ({v:+.2f})" for t, v in card.promoted)
-    sup = ", ".join(f"{html.escape(t)} ({v:+.2f})" for t, v in card.suppressed)
-    return (f"<h3>latent {card.latent}</h3><p>density {card.density:.4%}, max activation {card.max_activation:.3f}</p>"
-            f"<p><b>promotes</b>: {pro}<br><b>suppresses</b>: {sup}</p>"
-            f"<table><tr><th>act</th><th>context</th></tr>{''.join(rows)}</table>")
+    pro = ", ".join(f"{text(t)} ({v:+.2f})" for t, v in card.promoted)
+    sup = ", ".join(f"{text(t)} ({v:+.2f})" for t, v in card.suppressed)
+    return Html(f"<h3>latent {card.latent}</h3><p>density {card.density:.4%}, max activation {card.max_activation:.3f}</p>"
+                f"<p><b>promotes</b>: {pro}<br><b>suppresses</b>: {sup}</p>"
+                f"<table><tr><th>act</th><th>context</th></tr>{''.join(rows)}</table>")
 
 
 def card_figure(card: LatentCard):
@@ -107,22 +107,16 @@ def card_figure(card: LatentCard):
     import plotly.graph_objects as go
 
     items = card.promoted + card.suppressed[::-1]
-    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[t for t, _ in items], orientation="h"))
+    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[plot_text(t) for t, _ in items], orientation="h"))
     fig.update_layout(title=f"latent {card.latent}: direct logit effect (density {card.density:.3%})",
                       yaxis=dict(autorange="reversed"))
     return fig
 
 
 def save_dashboard(cards: Sequence[LatentCard], path, title: str = "latents") -> None:
-    """One HTML page with every card and its logit-effect chart."""
-    from pathlib import Path
-
-    from circuitlab.result import atomic_write
-
-    parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
+    """One HTML page with every card and its logit-effect chart (plotly.min.js written beside it)."""
+    parts = [f"<h1>{text(title)}</h1>"]
     for i, c in enumerate(cards):
         parts.append(card_html(c))
-        parts.append(card_figure(c).to_html(full_html=False, include_plotlyjs="cdn" if i == 0 else False))
-    parts.append("</body></html>")
-    atomic_write(path, lambda t: Path(t).write_text("\n".join(parts)))
+        parts.append(figure_html(card_figure(c), "file" if i == 0 else False))
+    write_html(path, page(title, "\n".join(parts)), plotly_file=True)

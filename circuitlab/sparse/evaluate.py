@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -157,3 +158,43 @@ def save_metrics(metrics: dict, path: str | Path) -> Path:
     m = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
     atomic_write(path, lambda t: Path(t).write_text(json.dumps(m, indent=1)))
     return Path(path)
+
+
+def resolve_model(name: str) -> str:
+    """A model name from a coder's cfg.json, made loadable from any working directory.
+
+    Coders trained from a source checkout name bundled models by repository paths
+    (``circuitlab/zoo/models/gpt2-zoo/checkpoints/step_00500``); such names, and zoo-relative
+    ones (``gpt2-zoo/checkpoints/step_00500``), resolve to the installed zoo folder. Zoo
+    names, existing paths and hub ids are returned as they are."""
+    from circuitlab.zoo import MODELS_DIR, list_models
+
+    zoo = list_models()
+    if name in zoo or Path(os.path.expanduser(name)).exists():
+        return name
+    parts = Path(name).parts
+    if parts[:3] == ("circuitlab", "zoo", "models") and len(parts) > 3:
+        parts = parts[3:]
+    elif not parts or parts[0] not in zoo:
+        return name
+    folder = MODELS_DIR.joinpath(*parts)
+    if not (folder / "config.json").exists():
+        raise ValueError(f"model {name!r} is not in the installed zoo ({folder} is missing); pass --model NAME_OR_PATH")
+    return str(folder)
+
+
+def eval_output(coder_folder: str | Path, out: Optional[str | Path] = None) -> tuple[Path, Path]:
+    """(metrics.json, density.html) paths for evaluating ``coder_folder``: under ``out``
+    (default ``./eval/<folder name>``), never inside the coder folder unless ``out`` says so.
+    A ``out`` ending in ``.json`` is the metrics file itself (the page goes beside it)."""
+    src = Path(coder_folder).resolve()
+    if out is None:
+        folder = Path("eval") / src.name
+        if src == folder.resolve() or src in folder.resolve().parents:
+            raise ValueError(f"the default output ./{folder} lies inside the coder folder {src}; "
+                             "pass --out FOLDER elsewhere")
+        return folder / "metrics.json", folder / "density.html"
+    out = Path(out)
+    if out.suffix == ".json":
+        return out, out.with_suffix(".density.html")
+    return out / "metrics.json", out / "density.html"

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from circuitlab.result import atomic_write
+from circuitlab.result import atomic_folder
 from circuitlab.sparse.base import CoderConfig, SparseCoder, config_class, make_coder
 
 CFG_FILE = "cfg.json"
@@ -41,7 +41,10 @@ def _lens_arch(cfg: CoderConfig) -> str:
 
 
 def save_coder(coder: SparseCoder, path: str | Path, meta: Optional[dict] = None) -> Path:
-    """Write ``coder`` (folded to raw units; BatchTopK as JumpReLU) to folder ``path``."""
+    """Write ``coder`` (folded to raw units; BatchTopK as JumpReLU) to folder ``path``.
+
+    All-or-nothing: a failed save leaves the previous coder in ``path`` whole (other files in
+    the folder are kept)."""
     from safetensors.torch import save_file
 
     coder = coder.for_inference()
@@ -49,7 +52,6 @@ def save_coder(coder: SparseCoder, path: str | Path, meta: Optional[dict] = None
         raise ValueError("fold the activation scaling into the weights (coder.fold_scaling()) before saving")
     cfg = coder.cfg
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     t = {"W_enc": coder.W_enc, "b_enc": coder.b_enc, "W_dec": coder.W_dec, "b_dec": coder.b_dec}
     if coder.W_skip is not None:
         t["W_skip"] = coder.W_skip.t()
@@ -81,8 +83,10 @@ def save_coder(coder: SparseCoder, path: str | Path, meta: Optional[dict] = None
         lens["rescale_acts_by_decoder_norm"] = False
     if not cfg.autoencoder:
         lens["d_out"] = cfg.d_out_ * cfg.n_targets_
-    atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(t, tmp))
-    atomic_write(path / CFG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(lens, indent=1)))
+    text = json.dumps(lens, indent=1)
+    with atomic_folder(path) as tmp:
+        save_file(t, str(tmp / WEIGHTS_FILE))
+        (tmp / CFG_FILE).write_text(text)
     return path
 
 

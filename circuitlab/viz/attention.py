@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 
 from circuitlab.engine.cache import capture
+from circuitlab.webpage import plot_text
 
 
 def attention_figure(model, prompt: str | torch.Tensor, heads: Sequence[tuple[int, int]], title: str = ""):
@@ -18,14 +19,14 @@ def attention_figure(model, prompt: str | torch.Tensor, heads: Sequence[tuple[in
     toks = toks[None] if toks.dim() == 1 else toks[:1]
     names = sorted({f"blocks.{l}.attn.hook_pattern" for l, _ in heads})
     c = capture(model, toks, names)
-    words = [f"{i}:{t}" for i, t in enumerate(model.tokenizer.convert_ids_to_tokens(toks[0].tolist()))]
+    words = [plot_text(f"{i}:{t}") for i, t in enumerate(model.tokenizer.convert_ids_to_tokens(toks[0].tolist()))]
     fig = make_subplots(rows=1, cols=len(heads), subplot_titles=[f"L{l}.H{h}" for l, h in heads])
     for i, (l, h) in enumerate(heads):
         A = c[f"blocks.{l}.attn.hook_pattern"][0, h].float().cpu().numpy()
         fig.add_trace(go.Heatmap(z=A, x=words, y=words, colorscale="Blues", zmin=0, zmax=1, showscale=i == len(heads) - 1,
                                  hovertemplate="query %{y}<br>key %{x}<br>attention %{z:.3f}<extra></extra>"), row=1, col=i + 1)
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title or "attention patterns", height=420 + 8 * len(words))
+    fig.update_layout(title=plot_text(title or "attention patterns"), height=420 + 8 * len(words))
     return fig
 
 

@@ -6,8 +6,8 @@ training log, never by hand. Outputs in the model folder:
 
 - ``eval.json``: held-out metrics of the final model and of each ``checkpoints/step_*``;
 - ``loss_curve.svg``: a dependency-free plot, shown in the README;
-- ``loss_curve.html``: an interactive plotly figure (plotly.js from its CDN, so the file
-  stays small; a PNG is written only if ``kaleido`` is importable);
+- ``loss_curve.html``: an interactive plotly figure (plotly.js in ``plotly.min.js`` beside
+  it, so it opens offline; a PNG is written only if ``kaleido`` is importable);
 - ``README.md``.
 """
 
@@ -68,9 +68,11 @@ def _write_plotly(folder: Path, losses: list[list[float]]) -> bool:
     import plotly.graph_objects as go
     fig = go.Figure(go.Scatter(x=[r[1] for r in losses], y=[r[2] for r in losses],
                                mode="lines", name="train loss"))
-    fig.update_layout(title=f"{folder.name}: training loss", xaxis_title="tokens",
+    from circuitlab.webpage import plot_text, write_figure
+
+    fig.update_layout(title=plot_text(f"{folder.name}: training loss"), xaxis_title="tokens",
                       yaxis_title="loss", yaxis_type="log", template="plotly_white")
-    fig.write_html(str(folder / "loss_curve.html"), include_plotlyjs="cdn")
+    write_figure(fig, folder / "loss_curve.html")
     try:
         import kaleido  # noqa: F401
         fig.write_image(str(folder / "loss_curve.png"))
