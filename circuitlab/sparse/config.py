@@ -14,8 +14,9 @@ import difflib
 import inspect
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
+from circuitlab.sparse import validate as v
 from circuitlab.sparse.base import CoderConfig, config_class
 from circuitlab.sparse.trainer import TrainConfig
 
@@ -62,6 +63,26 @@ class RunConfig:
     seed: int = 0
     """Loader shuffling seed."""
 
+    def __post_init__(self) -> None:
+        w = "[run]"
+        if not isinstance(self.out, str) or not self.out:
+            v.fail(w, "out", self.out, "a non-empty folder path")
+        if not isinstance(self.model, str) or not self.model:
+            v.fail(w, "model", self.model, "a zoo name, model folder or hub id")
+        v.integer(w, "ctx_len", self.ctx_len, 2 if self.exclude_bos else 1)
+        v.integer(w, "corpus_seed", self.corpus_seed, 0)
+        v.integer(w, "shard_tokens", self.shard_tokens, 1)
+        v.integer(w, "docs_per_batch", self.docs_per_batch, 1)
+        v.integer(w, "buffer_shards", self.buffer_shards, 1)
+        v.number(w, "exclude_norm_factor", self.exclude_norm_factor, 0.0)
+        if 0 < self.exclude_norm_factor <= 1:
+            v.fail(w, "exclude_norm_factor", self.exclude_norm_factor,
+                   "0 (no norm filter) or a number > 1 (a multiple of the median norm: at or below 1 "
+                   "it drops half the tokens or more)")
+        v.integer(w, "threads", self.threads, 1)
+        v.integer(w, "eval_docs", self.eval_docs, 1)
+        v.integer(w, "seed", self.seed, 0)
+
 
 @dataclass
 class CoderSection:
@@ -85,6 +106,17 @@ class CoderSection:
     """d_sae = expansion * d_model (ignored when d_sae is set)."""
     d_sae: int = 0
     """Number of latents (0: use expansion)."""
+
+    def __post_init__(self) -> None:
+        w = "[[coder]]" + (f" {self.name!r}" if isinstance(self.name, str) and self.name else "")
+        if self.name != "":
+            v.folder_name(w, "name", self.name)
+        v.choice(w, "kind", self.kind, ("sae", "transcoder", "crosscoder"))
+        v.integer(w, "layer", self.layer, 0)
+        for layer in self.layers:
+            v.integer(w, "layers[...]", layer, 0)
+        v.integer(w, "expansion", self.expansion, 1)
+        v.integer(w, "d_sae", self.d_sae, 0)
 
 
 SECTIONS = {"run": RunConfig, "train": TrainConfig}
@@ -144,7 +176,7 @@ def parse(data: dict) -> TrainFile:
     for name, cls in SECTIONS.items():
         d = dict(data.get(name, {}))
         _check_keys(f"[{name}]", d, [f.name for f in dataclasses.fields(cls)])
-        secs[name] = cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+        secs[name] = cls(**{k: (tuple(x) if isinstance(x, list) else x) for k, x in d.items()})
     coders = []
     raw = data.get("coder", [])
     if isinstance(raw, dict):
@@ -156,10 +188,14 @@ def parse(data: dict) -> TrainFile:
         config_class(arch)  # validates the name
         _check_keys(f"[[coder]] #{i + 1} ({arch})", c, coder_keys(arch))
         sec_names = {f.name for f in dataclasses.fields(CoderSection)}
-        sec = CoderSection(**{k: v for k, v in c.items() if k in sec_names})
-        if sec.kind not in ("sae", "transcoder", "crosscoder"):
-            raise ValueError(f"[[coder]] #{i + 1}: kind must be sae, transcoder or crosscoder, not {sec.kind!r}")
-        coders.append((sec, {k: v for k, v in c.items() if k not in sec_names}))
+        sec = CoderSection(**{k: x for k, x in c.items() if k in sec_names})
+        fields = {k: x for k, x in c.items() if k not in sec_names}
+        check_coder_fields(f"[[coder]] #{i + 1} ({sec.name or arch})", fields, sec.d_sae or None)
+        coders.append((sec, fields))
+    names = [s.name for s, _ in coders if s.name]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"two [[coder]] sections share the name {dup[0]!r}; each coder needs its own folder name")
     return TrainFile(secs["run"], secs["train"], coders)
 
 
@@ -221,6 +257,7 @@ def example_toml() -> str:
 def coder_config(sec: CoderSection, fields: dict, d_model: int, default_model: str) -> CoderConfig:
     """The coder config a [[coder]] section describes, for a model of width d_model."""
     d_sae = sec.d_sae or sec.expansion * d_model
+    check_coder_fields(f"[[coder]] {sec.name or sec.arch} (d_sae = {d_sae})", fields, d_sae)
     cls = config_class(sec.arch)
     if sec.kind == "sae":
         hook = (sec.hook or "blocks.{layer}.hook_resid_post").format(layer=sec.layer)
@@ -242,6 +279,24 @@ def coder_config(sec: CoderSection, fields: dict, d_model: int, default_model: s
     else:
         raise ValueError("a crosscoder needs layers = [...] or models = [...] (one source each)")
     return cls(d_in=d_model, d_sae=d_sae, n_sources=len(hooks), hooks_in=hooks, models=models, **fields)
+
+
+def check_coder_fields(where: str, fields: dict, d_sae: Optional[int] = None) -> None:
+    """Ranges of the architecture fields of a [[coder]] section (k against d_sae when known)."""
+    if "k" in fields:
+        v.integer(where, "k", fields["k"], 1, d_sae or None)
+    if fields.get("aux_k") is not None:
+        v.integer(where, "aux_k", fields["aux_k"], 1, d_sae or None)
+    for name in ("aux_coeff", "l1_coeff", "l0_coeff", "init_threshold"):
+        if name in fields:
+            v.number(where, name, fields[name], 0.0)
+    for name in ("bandwidth", "init_decoder_norm"):
+        if name in fields:
+            v.number(where, name, fields[name], 0.0, lo_open=True)
+    if "threshold_ema" in fields:
+        v.number(where, "threshold_ema", fields["threshold_ema"], 0.0, 1.0, hi_open=True)
+    if "seed" in fields:
+        v.integer(where, "seed", fields["seed"], 0)
 
 
 def default_name(sec: CoderSection, cfg: CoderConfig) -> str:

@@ -156,6 +156,12 @@ class ActivationSource:
         xs = [got[(mi, h)] for mi, h in zip(self.model_in, self.spec.hooks_in)]
         norms = torch.stack([x.norm(dim=-1) for x in xs]).amax(0)
         keep = keep_mask(tokens, lengths, norms, self.exclusion)
+        finite = torch.isfinite(norms)
+        if self.spec.hooks_out:
+            for h in self.spec.hooks_out:
+                finite &= torch.isfinite(got[(0, h)]).all(-1)
+        self.last_counts = _exclusion_counts(tokens, lengths, norms, finite, self.exclusion)
+        keep &= finite  # a NaN/inf row would only end training with a non-finite loss
         b, p = keep.nonzero(as_tuple=True)
         x = torch.cat([t[b, p] for t in xs], dim=-1)
         y = torch.cat([got[(0, h)][b, p] for h in self.spec.hooks_out], dim=-1) if self.spec.hooks_out else None
@@ -169,9 +175,50 @@ class ActivationSource:
             r = self.rows(docs)
         finally:
             self.exclusion = ex
+        if len(r) == 0:
+            raise ValueError(f"no usable token in {len(docs)} calibration documents for the norm filter "
+                             f"({describe_counts(self.last_counts)}); check the model and the hooks "
+                             f"{', '.join(self.spec.hooks_in)}")
         d = self.models[0].d_model
         per_source = r.x.view(len(r), -1, d).norm(dim=-1).amax(-1)
         return float(factor * per_source.median())
+
+
+def _exclusion_counts(tokens: torch.Tensor, lengths: torch.Tensor, norms: torch.Tensor, finite: torch.Tensor,
+                      ex: Exclusion) -> dict[str, int]:
+    """How many tokens of a batch each filter removed, in the order the filters apply."""
+    T = tokens.shape[1]
+    pos = torch.arange(T)[None, :]
+    left = pos < lengths[:, None]
+    counts = {"tokens": int(left.sum())}
+    if ex.bos:
+        counts["bos"] = int((left & (pos == 0)).sum())
+        left &= pos > 0
+    special = torch.zeros_like(left)
+    for t in ex.token_ids:
+        special |= tokens == t
+    counts["special_tokens"] = int((left & special).sum())
+    left &= ~special
+    norms, finite = norms.cpu(), finite.cpu()
+    counts["nan_or_inf"] = int((left & ~finite).sum())
+    left &= finite
+    if ex.norm_above is not None:
+        counts["norm_filter"] = int((left & ~(norms <= ex.norm_above)).sum())
+        left &= norms <= ex.norm_above
+    counts["kept"] = int(left.sum())
+    return counts
+
+
+def describe_counts(c: dict[str, int]) -> str:
+    """'of 640 tokens: 64 BOS, 576 NaN/inf activations, ...' for an error message."""
+    labels = {"bos": "BOS (exclude_bos)", "special_tokens": "special tokens (exclude_special_tokens)",
+              "nan_or_inf": "NaN/inf activations", "norm_filter": "above the norm cut-off (exclude_norm_factor)"}
+    parts = [f"{c[k]} {lab}" for k, lab in labels.items() if c.get(k)]
+    return f"of {c.get('tokens', 0)} tokens {c.get('kept', 0)} kept; excluded: " + (", ".join(parts) or "none")
+
+
+MAX_EMPTY_BATCHES = 8
+"""Consecutive document batches that yield no token before shard building gives up."""
 
 
 def documents(seed: int, n: int) -> list[str]:
@@ -195,14 +242,26 @@ class ShardPlan:
 
 def make_shard(source: ActivationSource, plan: ShardPlan, i: int,
                docs_fn: Callable[[int, int], list[str]] = documents) -> Rows:
-    """Shard ``i``: a pure function of (plan, i)."""
-    parts, n, j = [], 0, 0
+    """Shard ``i``: a pure function of (plan, i). Raises ValueError, naming what excluded the
+    tokens, after ``MAX_EMPTY_BATCHES`` document batches in a row yield none (otherwise a model
+    whose activations are all NaN, or a norm filter that drops everything, loops forever)."""
+    parts, n, j, empty = [], 0, 0, 0
+    totals: dict[str, int] = {}
     while n < plan.shard_tokens:
         r = source.rows(docs_fn(plan.seed * 1_000_003 + i * 1_009 + j, plan.docs_per_batch))
         r.doc = r.doc + j * plan.docs_per_batch
         parts.append(r)
         n += len(r)
         j += 1
+        empty = 0 if len(r) else empty + 1
+        for k, c in getattr(source, "last_counts", {}).items():
+            totals[k] = totals.get(k, 0) + c
+        if empty >= MAX_EMPTY_BATCHES:
+            raise ValueError(
+                f"shard {i}: {empty} document batches in a row added no activation row "
+                f"({n} of {plan.shard_tokens} rows gathered; {describe_counts(totals) if totals else 'no counts'}). "
+                "NaN/inf activations point at the model or the hooks; tokens above the norm cut-off at "
+                "run.exclude_norm_factor (0 disables the filter); a short run.ctx_len leaves only BOS.")
     return Rows.cat(parts).index(torch.arange(plan.shard_tokens))
 
 
@@ -326,9 +385,16 @@ class ShardLoader:
         out = []
         st = self.state
         for j, part in enumerate(self.parts):
+            wrapped = 0
             while True:
                 buffered = self._group(j, part, st.epoch[j], st.group[j])
                 if buffered is None:
+                    wrapped += 1
+                    if wrapped > 1:  # a whole pass over the part's shards served no batch
+                        raise ValueError(
+                            f"data-parallel part {part}: no buffer of {self.buffer_shards} shard(s) holds "
+                            f"{self.local} rows (the batch per part); raise shard_tokens or buffer_shards, "
+                            "or lower batch_size")
                     st.epoch[j] += 1
                     st.group[j], st.offset[j] = 0, 0
                     continue

@@ -77,6 +77,28 @@ class TrainConfig:
     progress: bool = True
     """Show a tqdm bar with tokens/s, L0 and FVU."""
 
+    def __post_init__(self) -> None:
+        from circuitlab.sparse import validate as v
+
+        w = "[train]"
+        v.integer(w, "total_tokens", self.total_tokens, 1)
+        v.integer(w, "batch_size", self.batch_size, 1)
+        if self.lr is not None:
+            v.number(w, "lr", self.lr, 0.0, lo_open=True)
+        v.number(w, "beta1", self.beta1, 0.0, 1.0, hi_open=True)
+        v.number(w, "beta2", self.beta2, 0.0, 1.0, hi_open=True)
+        v.number(w, "warmup_fraction", self.warmup_fraction, 0.0, 1.0)
+        v.number(w, "decay_fraction", self.decay_fraction, 0.0, 1.0)
+        v.number(w, "sparsity_warmup_fraction", self.sparsity_warmup_fraction, 0.0, 1.0)
+        if self.dead_window_tokens is not None:
+            v.integer(w, "dead_window_tokens", self.dead_window_tokens, 1)
+        v.number(w, "dense_threshold", self.dense_threshold, 0.0, 1.0, lo_open=True)
+        v.choice(w, "b_dec_init", self.b_dec_init, ("geometric_median", "mean", "zeros"))
+        v.integer(w, "init_tokens", self.init_tokens, 1)
+        v.choice(w, "token_weighting", self.token_weighting, ("none", "resid_norm"))
+        v.integer(w, "checkpoint_every", self.checkpoint_every, 0)
+        v.integer(w, "log_every", self.log_every, 1)
+
 
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept."""
