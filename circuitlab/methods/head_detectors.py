@@ -8,7 +8,9 @@ where each kind of head has an unambiguous target:
   (t - L + 1);
 each averaged over the second repeat. Copying is a weight-based score of the head's OV circuit
 from token embedding to unembedding: sum of eigenvalues / sum of their magnitudes (1: the head
-copies the tokens it attends to, Olsson et al. 2022), on the most frequent ``n_tokens`` tokens.
+copies the tokens it attends to, Olsson et al. 2022), on ``n_tokens`` ordinary word tokens (see
+:func:`word_tokens`). Grouped-query models share one value head among several query heads;
+each query head is scored with the value weights it reads.
 """
 
 from __future__ import annotations
@@ -30,9 +32,12 @@ def repeated_tokens(model, n: int = 16, length: int = 12, seed: int = 0, vocab: 
     from circuitlab.tasks.tokenize import bos_id
 
     g = torch.Generator().manual_seed(seed)
-    pool = torch.tensor(vocab) if vocab is not None else torch.arange(min(model.d_vocab, 5000))
-    special = set(model.tokenizer.all_special_ids)
+    pool = torch.tensor(vocab if vocab is not None else word_tokens(model.tokenizer, 5000, model.d_vocab))
+    special = special_ids(model.tokenizer)
     pool = pool[[int(t) not in special for t in pool]]
+    if len(pool) < length:
+        raise ValueError(f"only {len(pool)} candidate tokens for random sequences of length {length}; "
+                         "pass a shorter length or a larger vocab list")
     seqs = torch.stack([pool[torch.randperm(len(pool), generator=g)[:length]] for _ in range(n)])
     bos = torch.full((n, 1), bos_id(model.tokenizer))
     return torch.cat([bos, seqs, seqs], 1).to(model.device)
@@ -60,21 +65,79 @@ def head_scores(model, tokens: Optional[torch.Tensor] = None, length: int = 12, 
 
 
 def copying_scores(model, n_tokens: int = 300) -> torch.Tensor:
-    """[layer, head]: eigenvalue-based copying score of W_E W_V W_O W_U on ``n_tokens`` tokens."""
+    """[layer, head]: eigenvalue-based copying score of W_E g1 W_V W_O g W_U on ``n_tokens`` word
+    tokens (g1, g: the gains of the head's input norm and of the final norm).
+
+    The nonzero eigenvalues of (W_E g1 W_V)(W_O g W_U) [n, n] are those of (W_O g W_U)(W_E g1 W_V)
+    [d_head, d_head], so the small matrix is decomposed (both sums ignore zero eigenvalues)."""
     bridge = model.bridge
+    ids = torch.tensor(word_tokens(model.tokenizer, n_tokens, model.d_vocab), device=bridge.W_E.device)
     with torch.no_grad():
-        W_E = bridge.W_E.detach()[:n_tokens].float()
-        W_V, W_O = bridge.W_V.detach().float(), weights.W_O(model).float()  # [L, H, d, dh], [L, H, dh, d]
-        W_U = weights.W_U(model)[:, :n_tokens].float()
+        W_E = bridge.W_E.detach()[ids].float()
+        W_V, W_O = bridge.W_V.detach().float(), weights.W_O(model).float()  # [L, KV, d, dh], [L, H, dh, d]
         gain, _ = weights.final_norm(model)
-        W_U = gain.float()[:, None] * W_U
+        W_U = gain.float()[:, None] * weights.W_U(model)[:, ids].float()
+        group = model.n_heads // W_V.shape[1]  # query heads per value head (1 without GQA)
         out = torch.zeros(model.n_layers, model.n_heads)
         for l in range(model.n_layers):
+            E = W_E * _input_gain(model, l)
             for h in range(model.n_heads):
-                M = (W_E @ W_V[l, h]) @ (W_O[l, h] @ W_U)  # [n, n]
-                ev = torch.linalg.eigvals(M)
+                ev = torch.linalg.eigvals((W_O[l, h] @ W_U) @ (E @ W_V[l, h // group]))
                 out[l, h] = float(ev.real.sum() / ev.abs().sum().clamp(min=1e-9))
     return out
+
+
+def _input_gain(model, layer: int) -> torch.Tensor:
+    """Gain of the norm in front of the layer's attention ([d_model]; ones when it has none)."""
+    from circuitlab.engine.frozen import norm_params
+
+    try:
+        w = norm_params(model.bridge, f"blocks.{layer}.ln1").weight
+    except AttributeError:
+        w = None
+    return torch.ones(model.d_model, device=model.device) if w is None else w.float()
+
+
+def special_ids(tokenizer) -> set[int]:
+    """Ids of special tokens, including added special tokens missing from ``all_special_ids``
+    (chat and repository markers in code-trained BPE vocabularies)."""
+    out = {int(i) for i in tokenizer.all_special_ids}
+    for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if getattr(tok, "special", False):
+            out.add(int(i))
+    return out
+
+
+def word_tokens(tokenizer, n: int, vocab_size: Optional[int] = None) -> list[int]:
+    """The first ``n`` ids (in id order, below ``vocab_size``) of tokens that are ordinary words.
+
+    Why: copying is a statement about words the model reads and writes; in a BPE vocabulary the
+    first ids are bytes, punctuation and special tokens, whose OV eigenvalues say nothing about
+    copying. A word token decodes to letters only (after stripping a leading space), at least two
+    of them, and is not special. Where the vocabulary marks word starts (a leading space, as in
+    byte-level BPE and SentencePiece), only word-start tokens count, not pieces inside words.
+    Low ids are the frequent tokens in both frequency-ordered word vocabularies (the zoo's) and
+    BPE vocabularies (ids follow merge order). Returns fewer than ``n`` when the vocabulary has
+    fewer words; falls back to the first non-special tokens when it has almost none (< 20)."""
+    tok = tokenizer
+    special = special_ids(tok)
+    V = len(tok) if vocab_size is None else min(vocab_size, len(tok))
+    starts, inner = [], []
+    for i in range(V):
+        if i in special:
+            continue
+        text = tok.decode([i])
+        word = text.strip()
+        if len(word) < 2 or not word.isalpha():
+            continue
+        raw = tok.convert_ids_to_tokens(i) or ""
+        (starts if text[:1] == " " or raw[:1] in ("\u0120", "\u2581") else inner).append(i)
+        if len(starts) >= n:
+            break
+    pool = starts if starts else inner
+    if len(pool) >= min(n, 20):
+        return pool[:n]
+    return [i for i in range(V) if i not in special][:n]
 
 
 def _zoo_random_words(model) -> Optional[list[int]]:
