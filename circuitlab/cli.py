@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-PLUGINS = ("circuitlab.sparse.cli", "circuitlab.circuits.cli", "circuitlab.graphs.cli")
+PLUGINS = ("circuitlab.models.cli", "circuitlab.sparse.cli", "circuitlab.circuits.cli", "circuitlab.graphs.cli")
 """Modules with ``add_parser(subparsers, formatter_class)``; each sets ``fn`` on its parsers."""
 
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except (ValueError, KeyError, FileNotFoundError, PermissionError) as e:
         print(f"circuitlab {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     return 0

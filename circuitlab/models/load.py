@@ -85,6 +85,12 @@ def _zoo_names() -> list[str]:
 
 
 def _resolve(name: str) -> Path | str:
+    from circuitlab.models import fetch
+
+    if name in fetch.REAL_MODELS:
+        if not fetch.is_fetched(name):
+            raise fetch.not_fetched_error(name)
+        return fetch.model_folder(name)
     if name in _zoo_names():
         from circuitlab.zoo import model_dir
 
@@ -101,8 +107,9 @@ def _resolve(name: str) -> Path | str:
         zoo = _zoo_names()
         if zoo:
             raise ValueError(
-                f"unknown model {name!r}: not a bundled zoo model ({', '.join(zoo)}) nor a "
-                "local folder; for a hub model pass its full id, e.g. 'openai-community/gpt2'"
+                f"unknown model {name!r}: not a bundled zoo model ({', '.join(zoo)}), a fetchable "
+                f"model ({', '.join(fetch.REAL_MODELS)}) nor a local folder; for a hub model pass "
+                "its full id, e.g. 'openai-community/gpt2'"
             )
     return str(name)
 
