@@ -26,7 +26,7 @@ def is_zoo(model) -> bool:
 def ioi(model, n: int = 64, seed: int = 0, split: str = "heldout", corrupt: str = "abc",
         metric: str = "logit_diff") -> Task:
     """Indirect object identification; roles S1, IO, S2, END; ABC corruption by default
-    (zoo: S2 -> a third name, or "swap"; real: see :data:`circuitlab.tasks.real.ioi.CORRUPTIONS`)."""
+    (zoo: S2 -> a third name, or "swap"; real: see :data:`circuitlab.tasks.real.ioi_prompts.CORRUPTIONS`)."""
     if not is_zoo(model):
         from circuitlab.tasks import real
 
@@ -52,7 +52,7 @@ def capitals(model, n: int = 64, seed: int = 0, split: str = "heldout", hop: int
 
 def greater_than(model, n: int = 64, seed: int = 0, split: str = "heldout", year_format: str = "auto") -> Task:
     """Greater-than: metric = probability on years above the start year minus below it
-    (``year_format``, real models only: see :mod:`circuitlab.tasks.real.greater_than`)."""
+    (``year_format``, real models only: see :mod:`circuitlab.tasks.real.greater_than_prompts`)."""
     if not is_zoo(model):
         from circuitlab.tasks import real
 
@@ -108,7 +108,7 @@ def factual(model, n: int = 64, seed: int = 0, split: str = "heldout", relation:
 def counterfact(model, n: int = 64, seed: int = 0, relation: str = "capital", target: str = "context",
                 metric: str = "logit_diff") -> Task:
     """An in-context statement contradicting a fact, then the fact's prompt (real language on
-    every model; see :mod:`circuitlab.tasks.real.facts`)."""
+    every model; see :mod:`circuitlab.tasks.real.fact_prompts`)."""
     from circuitlab.tasks import real
 
     return real.counterfact(model, n=n, seed=seed, relation=relation, target=target, metric=metric)

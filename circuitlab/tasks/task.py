@@ -113,6 +113,12 @@ def from_pairs(
         clean.append(c), corrupt.append(k)
         ans.append(single_token(tok, r["answer"]))
         wrong.append(single_token(tok, r["wrong"]))
+    same = [i for i, (a, w) in enumerate(zip(ans, wrong)) if a == w]
+    if same:
+        import warnings
+
+        warnings.warn(f"records {same[:10]} have answer == wrong (the same token), so their logit "
+                      "difference is always 0; give a competing wrong answer", stacklevel=2)
     lengths = torch.tensor([len(c) for c in clean])
     T, pid = int(lengths.max()), pad_id(tok)
     ct = torch.full((len(records), T), pid, dtype=torch.long)

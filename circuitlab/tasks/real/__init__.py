@@ -11,23 +11,23 @@ from __future__ import annotations
 import torch
 
 from circuitlab.tasks import metrics as M
-from circuitlab.tasks.real import facts as _facts
-from circuitlab.tasks.real import greater_than as _gt
-from circuitlab.tasks.real import induction as _ind
-from circuitlab.tasks.real import ioi as _ioi
+from circuitlab.tasks.real import fact_prompts as _facts
+from circuitlab.tasks.real import greater_than_prompts as _gt
+from circuitlab.tasks.real import induction_prompts as _ind
+from circuitlab.tasks.real import ioi_prompts as _ioi
 from circuitlab.tasks.task import Task, from_pairs
 
 
 def ioi(model, n: int = 64, seed: int = 0, corrupt: str = "abc", metric: str = "logit_diff") -> Task:
     """Wang et al.'s IOI prompts; roles S1, IO, S2, END; corrupt "abc", "s2" or "swap"
-    (see :data:`circuitlab.tasks.real.ioi.CORRUPTIONS`)."""
+    (see :data:`circuitlab.tasks.real.ioi_prompts.CORRUPTIONS`)."""
     return from_pairs(model, _ioi.records(model.tokenizer, n, seed, corrupt), metric, name="ioi")
 
 
 def greater_than(model, n: int = 64, seed: int = 0, year_format: str = "auto") -> Task:
     """Hanna et al.'s greater-than; metric = probability on later years (or decades, for
     tokenizers that split digits) minus probability on earlier ones. See
-    :mod:`circuitlab.tasks.real.greater_than`."""
+    :mod:`circuitlab.tasks.real.greater_than_prompts`."""
     records = _gt.records(model.tokenizer, n, seed, year_format)
     task = from_pairs(model, records, "logit_diff", name="greater_than")
     task.answer_ids = torch.tensor([r["answer_id"] for r in records], device=task.answer_ids.device)
@@ -49,7 +49,7 @@ def factual(model, n: int = 64, seed: int = 0, relation: str = "capital", metric
 def counterfact(model, n: int = 64, seed: int = 0, relation: str = "capital", target: str = "context",
                 metric: str = "logit_diff") -> Task:
     """Yu et al.'s counterfactual prefix; ``target`` "context" (answer = the in-context object)
-    or "memory" (answer = the memorised one). See :mod:`circuitlab.tasks.real.facts`."""
+    or "memory" (answer = the memorised one). See :mod:`circuitlab.tasks.real.fact_prompts`."""
     records = _facts.counterfact_records(model.tokenizer, n, seed, relation, target)
     return from_pairs(model, records, metric, name=f"counterfact_{relation}")
 
