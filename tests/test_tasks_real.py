@@ -180,10 +180,15 @@ def test_greater_than_years_and_signs(bpe, bpe_digits, flavour):
             assert float(task.subset([i]).metric.per_prompt(logits, torch.tensor([0]))) == pytest.approx(want)
 
 
-def test_greater_than_needs_some_year_format(tiny_model):
-    with warnings.catch_warnings(), pytest.raises(ValueError, match="tokenize as century"):
-        warnings.simplefilter("ignore")
-        GT.year_format(tiny_model("gpt2").tokenizer)
+def test_word_level_vocabularies_get_clear_errors(tiny_model):
+    """The tiny word-level vocabulary has no digits and lacks template words: clear errors, no <unk>."""
+    tok = tiny_model("gpt2").tokenizer
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="tokenize as century"):
+            GT.year_format(tok)
+        with pytest.raises(ValueError, match=r"no token for \['The'\]"):
+            F.counterfact_records(tok, 2)
 
 
 # ------------------------------------------------------------------------------ facts

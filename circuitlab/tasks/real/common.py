@@ -8,7 +8,7 @@ import string
 import zlib
 from typing import Iterable, Sequence
 
-from circuitlab.tasks.tokenize import encode, word_token
+from circuitlab.tasks.tokenize import encode, unknown_words, word_token
 
 
 def single_token_words(tokenizer, words: Iterable[str]) -> list[str]:
@@ -79,3 +79,21 @@ def _field_offset(template: str, field: str, slots: dict[str, str]) -> int:
 
 def same_length(tokenizer, a: str, b: str) -> bool:
     return len(encode(tokenizer, a)) == len(encode(tokenizer, b))
+
+
+def known(tokenizer, text: str) -> bool:
+    """Whether no part of ``text`` maps to the unknown token."""
+    return not unknown_words(tokenizer, text)
+
+
+def check_known(tokenizer, texts: Iterable[str]) -> None:
+    """A ValueError naming the words of ``texts`` the tokenizer does not know (a word-level
+    vocabulary lacking the template's words): prompts never hold a silent <unk>."""
+    for text in texts:
+        bad = unknown_words(tokenizer, text)
+        if bad:
+            raise ValueError(
+                f"the tokenizer has no token for {sorted(set(bad))} in {text!r}; this task's "
+                "templates need a vocabulary covering ordinary English (a BPE tokenizer), or "
+                "build your own records with from_pairs"
+            )

@@ -15,7 +15,7 @@ needs clean and corrupted prompts of equal length.
 from __future__ import annotations
 
 from circuitlab.tasks.real import lexicon as L
-from circuitlab.tasks.real.common import require, rng, same_length, single_token_words
+from circuitlab.tasks.real.common import check_known, known, require, rng, same_length, single_token_words
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "capital": ("The capital of {X} is", "The capital city of {X} is"),
@@ -45,10 +45,11 @@ def prompt(relation: str, template: int, subject: str) -> str:
 
 
 def usable_facts(tokenizer, relation: str) -> list[tuple[str, str]]:
-    """The facts whose object is one token with a leading space in ``tokenizer``."""
+    """The facts whose object is one token with a leading space in ``tokenizer`` and whose
+    subject the tokenizer knows (no part of it maps to the unknown token)."""
     pairs = facts(relation)
     ok = set(single_token_words(tokenizer, [o for _, o in pairs]))
-    return [(s, o) for s, o in pairs if o in ok]
+    return [(s, o) for s, o in pairs if o in ok and known(tokenizer, s)]
 
 
 def records(tokenizer, n: int, seed: int = 0, relation: str = "capital") -> list[dict]:
@@ -56,6 +57,7 @@ def records(tokenizer, n: int, seed: int = 0, relation: str = "capital") -> list
     ``subject``, ``corrupt_subject``, ``template``."""
     pairs = usable_facts(tokenizer, relation)
     require(pairs, 2, f"{relation} answers", tokenizer)
+    check_known(tokenizer, [prompt(relation, t, pairs[0][0]) for t in range(len(TEMPLATES[relation]))])
     r = rng(f"facts/{relation}", seed)
     lengths = {(t, s): len(tokenizer(prompt(relation, t, s), add_special_tokens=False)["input_ids"])
                for t in range(len(TEMPLATES[relation])) for s, _ in pairs}
@@ -73,6 +75,7 @@ def records(tokenizer, n: int, seed: int = 0, relation: str = "capital") -> list
         out.append({"clean": prompt(relation, t, s), "corrupt": prompt(relation, t, s2),
                     "answer": f" {o}", "wrong": f" {o2}", "relation": relation, "subject": s,
                     "corrupt_subject": s2, "template": t})
+    check_known(tokenizer, [r[k] for r in out for k in ("clean", "corrupt")])
     return out
 
 
@@ -85,7 +88,8 @@ def counterfact_records(tokenizer, n: int, seed: int = 0, relation: str = "capit
     pairs = usable_facts(tokenizer, relation)
     objects = sorted({o for _, o in pairs})
     require(objects, 2, f"distinct {relation} answers", tokenizer)
-    r = rng(f"counterfact/{relation}/{target}", seed)
+    check_known(tokenizer, [prompt(relation, t, pairs[0][0]) for t in range(len(TEMPLATES[relation]))])
+    r = rng(f"counterfact/{relation}", seed)  # both targets score the same prompts
     out = []
     for _ in range(100 * n):
         if len(out) == n:
@@ -104,4 +108,5 @@ def counterfact_records(tokenizer, n: int, seed: int = 0, relation: str = "capit
     if len(out) < n:
         raise ValueError(f"{relation} statements change token count when the answer is swapped in "
                          "this tokenizer; build the task with from_pairs")
+    check_known(tokenizer, [r[k] for r in out for k in ("clean", "corrupt")])
     return out

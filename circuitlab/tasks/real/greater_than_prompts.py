@@ -22,35 +22,41 @@ from __future__ import annotations
 from typing import Optional
 
 from circuitlab.tasks.real import lexicon as L
-from circuitlab.tasks.real.common import require, rng, single_token_words
-from circuitlab.tasks.tokenize import encode
+from circuitlab.tasks.real.common import check_known, require, rng, single_token_words
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` (no BOS); an unknown token makes the list empty (no match)."""
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return [] if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids else ids
+
 
 YEAR_FORMATS = ("auto", "two_digit", "digit")
 
 
 def year_tokens(tokenizer, century: str) -> dict[int, int]:
     """{YY: token id} for the two-digit years that follow " {century}" as one token."""
-    prefix = encode(tokenizer, f" {century}", bos=False)
+    prefix = _ids(tokenizer, f" {century}")
     out = {}
     for yy in range(100):
-        ids = encode(tokenizer, f" {century}{yy:02d}", bos=False)
-        if len(ids) == len(prefix) + 1 and ids[: len(prefix)] == prefix:
+        ids = _ids(tokenizer, f" {century}{yy:02d}")
+        if prefix and len(ids) == len(prefix) + 1 and ids[: len(prefix)] == prefix:
             out[yy] = ids[-1]
     return out
 
 
 def digit_tokens(tokenizer, century: str) -> Optional[dict[int, int]]:
     """{digit: token id} when " {century}YY" is " {century}" then one token per digit, else None."""
-    prefix = encode(tokenizer, f" {century}", bos=False)
+    prefix = _ids(tokenizer, f" {century}")
     digits = {}
     for d in range(10):
-        ids = encode(tokenizer, str(d), bos=False)
+        ids = _ids(tokenizer, str(d))
         if len(ids) != 1:
             return None
         digits[d] = ids[0]
     for yy in (10, 37, 89, 90):
-        ids = encode(tokenizer, f" {century}{yy:02d}", bos=False)
-        if ids != prefix + [digits[yy // 10], digits[yy % 10]]:
+        ids = _ids(tokenizer, f" {century}{yy:02d}")
+        if not prefix or ids != prefix + [digits[yy // 10], digits[yy % 10]]:
             return None
     return digits
 
@@ -96,6 +102,7 @@ def records(tokenizer, n: int, seed: int = 0, fmt: str = "auto") -> list[dict]:
         out.append({"clean": clean, "corrupt": bad, "answer": tokenizer.decode([answer]),
                     "wrong": tokenizer.decode([wrong]), "answer_id": answer, "wrong_id": wrong,
                     "start_yy": yy, "century": century, "noun": noun, "year_format": fmt})
+    check_known(tokenizer, [r[k] for r in out for k in ("clean", "corrupt")])
     return out
 
 

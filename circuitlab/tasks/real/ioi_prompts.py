@@ -9,7 +9,7 @@ positions S1 (first subject mention), IO, S2 (second subject mention) and END (l
 from __future__ import annotations
 
 from circuitlab.tasks.real import lexicon as L
-from circuitlab.tasks.real.common import require, rng, single_token_words, slot_positions
+from circuitlab.tasks.real.common import check_known, require, rng, single_token_words, slot_positions
 
 CORRUPTIONS = ("abc", "s2", "swap")
 """How the corrupted prompt differs from the clean one:
@@ -53,6 +53,7 @@ def records(tokenizer, n: int, seed: int = 0, corrupt: str = "abc") -> list[dict
             bad_names = (n1, n2, io)
         bad_slots = dict(slots, N1=bad_names[0], N2=bad_names[1], S=bad_names[2])
         io_field, s1_field = ("N1", "N2") if order == "ABBA" else ("N2", "N1")
+        check_known(tokenizer, [template.format(**clean_slots)])
         roles = slot_positions(tokenizer, template, clean_slots, {"IO": io_field, "S1": s1_field, "S2": "S"})
         out.append({"clean": template.format(**clean_slots), "corrupt": template.format(**bad_slots),
                     "answer": f" {io}", "wrong": f" {s}", "roles": roles, "io": io, "s": s,
