@@ -134,6 +134,12 @@ A small {arch} language model trained from scratch on the synthetic corpus of
 object identification (IOI), induction, greater-than and factual recall (single- and
 multi-hop). Bundled with circuitlab for offline tests and analyses.
 
+**What it is for, and what it is not.** The zoo models are for speed, tests and planted ground
+truth: they load in a second, run the whole test suite offline, and their circuits are known.
+Their circuits are also far simpler than a pretrained model's, so they cannot tell a good
+attribution estimator from a bad one; measure estimators on a real pretrained model
+(`circuitlab models fetch smollm2-135m`).
+
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("{folder.name}")   # this folder
