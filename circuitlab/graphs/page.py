@@ -18,6 +18,8 @@ from circuitlab.webpage import figure_html, page, plot_text, script_json, text, 
 
 COLORS = {"feature": "#1f77b4", "error": "#999999", "token": "#2ca02c", "logit": "#d62728"}
 DIV_ID = "graph"
+DATA_ID = "graph-data"
+"""Id of the script element holding the page's data as JSON (read by the click handler)."""
 
 
 def page_nodes(graph: Graph, pruned: Pruned) -> tuple[list[int], list[tuple[int, int, float]]]:
@@ -110,7 +112,7 @@ def graph_figure(graph: Graph, pruned: Optional[Pruned] = None, supernodes: Sequ
 _JS = """
 (function(){
   var gd = document.getElementById('%(div)s');
-  var D = %(data)s;
+  var D = JSON.parse(document.getElementById('%(data_id)s').textContent);
   var n = D.ids.length, up = [], down = [];
   for (var i = 0; i < n; i++) { up.push([]); down.push([]); }
   D.edges.forEach(function(e){ down[e[0]].push(e[1]); up[e[1]].push(e[0]); });
@@ -157,8 +159,9 @@ def graph_page(graph: Graph, pruned: Optional[Pruned] = None, supernodes: Sequen
     """The page as one HTML string (plotly.js inlined; no network access needed). Every label,
     prompt and token string is escaped: the data the click handler reads is script-safe JSON."""
     fig, data = graph_figure(graph, pruned, supernodes, top_tokens, title)
-    js = _JS % {"div": DIV_ID, "data": script_json(data)}
-    body = figure_html(fig, "inline", div_id=DIV_ID, post_script=js)
+    js = _JS % {"div": DIV_ID, "data_id": DATA_ID}
+    body = (f"<script type='application/json' id='{DATA_ID}'>{script_json(data)}</script>"
+            + figure_html(fig, "inline", div_id=DIV_ID, post_script=js))
     rows = "".join(f"<tr><td>{text(s.graph)}</td><td>{s.n_features}</td><td>{s.replacement:.3f}</td>"
                    f"<td>{s.completeness:.3f}</td></tr>" for s in scores)
     table = (f"<table><tr><th>graph</th><th>features</th><th>replacement</th><th>completeness</th></tr>{rows}</table>"
