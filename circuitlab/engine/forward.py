@@ -62,11 +62,14 @@ def run_to_final(
         pre.append((model.layers[restart.layer], _inject(restart.resid)))
         if start > 0:
             kwargs["past_key_values"] = _cache_from(model, restart.past)
+            kwargs["use_cache"] = True
     elif restart is not None:
         pre.append((model.layers[0], _inject(restart.resid)))
     if kv_cache is not None:
         kwargs["past_key_values"] = kv_cache
         kwargs["use_cache"] = True
+    # no throwaway cache: a model would build one from its config, sized for all its layers
+    kwargs.setdefault("use_cache", False)
     T = tokens.shape[1]
     kwargs["position_ids"] = torch.arange(start, start + T, device=tokens.device).expand(
         tokens.shape[0], T
@@ -86,9 +89,14 @@ def final_logits(model, resid: torch.Tensor) -> torch.Tensor:
 
 
 def new_kv_cache(model):
+    """An empty cache that keeps every position of every layer.
+
+    A cache built from the model config gives sliding-window layers a cache that drops keys
+    older than the window, so their ``kv_tensors`` would not line up with positions; restarts
+    slice positions, so every layer keeps them all (masks still come from the config)."""
     from transformers.cache_utils import DynamicCache
 
-    return DynamicCache(config=model.bridge.original_model.config)
+    return DynamicCache()
 
 
 def kv_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -98,13 +106,16 @@ def kv_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def _cache_from(model, past):
     """A DynamicCache holding ``past``. Plain layers take the tensors as they are (``update``
-    would copy them once more); other layer kinds (sliding windows) go through ``update``.
-    Restarts built this way are checked against full runs at load (models/checks.py)."""
+    would copy them once more); other layer kinds go through ``update``. Restarts built this
+    way are checked against full runs at load (models/checks.py)."""
     from transformers.cache_utils import DynamicLayer
 
     cache = new_kv_cache(model)
     for i, (k, v) in enumerate(past):
-        layer = cache.layers[i] if i < len(getattr(cache, "layers", ())) else None
+        if i >= len(getattr(cache, "layers", ())):
+            cache.update(k, v, i)  # creates the layer (a plain DynamicLayer) with a copy
+            continue
+        layer = cache.layers[i]
         if type(layer) is DynamicLayer and hasattr(layer, "is_initialized"):
             layer.dtype, layer.device = k.dtype, k.device
             layer.keys, layer.values, layer.is_initialized = k, v, True
@@ -129,20 +140,33 @@ def _inject(resid: torch.Tensor):
 
 
 class _skip_blocks:
-    """Temporarily hand the HF model only blocks ``first..`` so earlier blocks never run."""
+    """Temporarily hand the HF model only blocks ``first..`` so earlier blocks never run.
+
+    Models that pick each block's mask and rotary table by its index in the list (Gemma-3:
+    ``config.layer_types[i]`` for sliding vs global layers) get the per-layer list shifted the
+    same way, so block ``first`` still reads its own entry."""
 
     def __init__(self, model, first: int):
         self.model, self.first = model, first
+        self.config, self.types = None, None
 
     def __enter__(self):
         if self.first > 0:
             m = self.model
             setattr(m.layers_owner, m.layers_attr, torch.nn.ModuleList(list(m.layers)[self.first :]))
+            config = getattr(m.layers_owner, "config", None)
+            types = getattr(config, "layer_types", None)
+            if isinstance(types, (list, tuple)) and len(types) == len(m.layers):
+                self.config, self.types = config, types
+                object.__setattr__(config, "layer_types", list(types)[self.first :])
 
     def __exit__(self, *exc):
         if self.first > 0:
             m = self.model
             setattr(m.layers_owner, m.layers_attr, m.layers)
+            if self.config is not None:
+                object.__setattr__(self.config, "layer_types", self.types)
+                self.config = self.types = None
         return False
 
 

@@ -47,6 +47,9 @@ class Model:
     """Whether restarting at a layer (skipping earlier blocks) was verified exact at load."""
     fast_positions: bool = field(default=False)
     """Whether recomputing only later positions from a key/value cache was verified exact."""
+    fast_path_notes: dict = field(default_factory=lambda: {"restart": "not verified (loaded with check=False)",
+                                                           "positions": "not verified (loaded with check=False)"})
+    """Why a shortcut is off ('restart', 'positions' -> reason); empty when both are on."""
 
     @property
     def device(self) -> torch.device:
@@ -86,8 +89,10 @@ class Model:
         return single_token(self.tokenizer, text)
 
     def __repr__(self) -> str:
+        off = "".join(f"; {k} shortcut off: {why}" for k, why in self.fast_path_notes.items()
+                      if not getattr(self, f"fast_{k}", False))
         return (
             f"Model({self.name!r}: {self.n_layers} layers, d_model {self.d_model}, "
             f"{self.n_heads} heads ({self.n_kv_heads} kv), norm {self.norm}, "
-            f"{self.device}, {self.dtype})"
+            f"{self.device}, {self.dtype}{off})"
         )
