@@ -41,9 +41,69 @@ def state_dir(out: Path, names: list[str]) -> Path:
     return root / "sparse-train" / key / "+".join(names)
 
 
-def train_file(tf: TrainFile, models: Optional[dict] = None) -> dict[str, dict]:
+def data_identity(run, ms: list, names: tuple) -> dict:
+    """What defines a group's activation stream, recorded with its training state: a saved
+    state from another model, corpus or data layout is never resumed silently."""
+    return {"models": list(names), "d_model": [m.d_model for m in ms], "n_layers": [m.n_layers for m in ms],
+            "ctx_len": run.ctx_len, "corpus_seed": run.corpus_seed, "shard_tokens": run.shard_tokens,
+            "docs_per_batch": run.docs_per_batch, "buffer_shards": run.buffer_shards, "seed": run.seed,
+            "exclude_norm_factor": run.exclude_norm_factor, "exclude_special_tokens": run.exclude_special_tokens}
+
+
+def _write_state_pointer(out: Path, names: list[str], where: Path) -> None:
+    """``out/train_state.json``: where each group's resumable state lives (it is kept outside
+    ``out``, which may sit inside the installed package)."""
+    p = out / "train_state.json"
+    try:
+        d = json.loads(p.read_text()) if p.exists() else {}
+    except ValueError:
+        d = {}
+    d.setdefault("about", "Resumable trainer state (checkpoints) of each group of coders trained into this "
+                          "folder. `circuitlab train --restart` discards it; `--resume` continues it after safe "
+                          "setting changes. Deleting a folder listed here also restarts that group.")
+    d.setdefault("groups", {})["+".join(names)] = {"coders": names, "state_dir": str(where)}
+    atomic_write(p, lambda t: Path(t).write_text(json.dumps(d, indent=1)))
+
+
+def coder_history(history: list[dict], name: str) -> list[dict]:
+    """One coder's records from the trainer's history (loss, FVU, L0, dead fraction per logged step)."""
+    pre = name + "."
+    return [{"step": h["step"], "tokens": h["tokens"], **{k[len(pre):]: v for k, v in h.items() if k.startswith(pre)}}
+            for h in history]
+
+
+def loss_curve_figure(histories: dict[str, list[dict]]):
+    """Loss, FVU and L0 against training tokens, one line per coder."""
+    from plotly.subplots import make_subplots
+
+    keys = ("loss", "fvu", "l0")
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("loss", "FVU", "L0"))
+    for i, (name, hist) in enumerate(histories.items()):
+        for j, k in enumerate(keys):
+            fig.add_scatter(x=[h["tokens"] for h in hist], y=[h.get(k) for h in hist], name=name, legendgroup=name,
+                            showlegend=j == 0, line={"color": _COLORS[i % len(_COLORS)]}, row=1, col=j + 1)
+    fig.update_xaxes(title_text="training tokens")
+    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_layout(title="sparse-coder training", height=380, width=1200)
+    return fig
+
+
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
+
+
+def write_loss_curve(path: Path, histories: dict[str, list[dict]]) -> None:
+    """The loss-curve page; it opens offline (plotly.js is bundled beside it)."""
+    from circuitlab.webpage import write_figure
+
+    write_figure(loss_curve_figure(histories), path, "sparse-coder training")
+
+
+def train_file(tf: TrainFile, models: Optional[dict] = None, resume_mode: str = "auto") -> dict[str, dict]:
     """Train every coder of ``tf``; return {coder name: metrics}. ``models`` ({name: Model})
-    skips loading (tests pass tiny models)."""
+    skips loading (tests pass tiny models). ``resume_mode``: "auto" resumes saved state only
+    when its configuration matches, "resume" also after safe changes (learning rate, schedule,
+    total_tokens raised), "restart" discards it (see ``Trainer``)."""
     run = tf.run
     torch.set_num_threads(run.threads)
     comm = init_comm()
@@ -64,7 +124,8 @@ def train_file(tf: TrainFile, models: Optional[dict] = None) -> dict[str, dict]:
         cfg = coder_config(sec, fields, d_model, run.model)
         key = (cfg.hooks_in, cfg.hooks_out, cfg.models)
         groups.setdefault(key, []).append((default_name(sec, cfg), cfg))
-    results = {}
+    results: dict[str, dict] = {}
+    all_histories: dict[str, list[dict]] = {}
     for gi, ((hooks_in, hooks_out, names), members) in enumerate(groups.items()):
         ms = [model(n) for n in dict.fromkeys(names)]
         tok = ms[0].tokenizer
@@ -97,10 +158,16 @@ def train_file(tf: TrainFile, models: Optional[dict] = None) -> dict[str, dict]:
                              rank=comm.rank, world=comm.world, buffer_shards=run.buffer_shards)
         sample = shard_fn(0)
         sample = sample.index(torch.arange(min(len(sample), tf.train.init_tokens)))
-        trainer = Trainer(coders, loader, tf.train, state_dir(out, [n for n, _ in members]), comm)
+        group_names = [n for n, _ in members]
+        where = state_dir(out, group_names)
+        if comm.rank == 0:
+            _write_state_pointer(out, group_names, where)
+        trainer = Trainer(coders, loader, tf.train, where, comm, data=data_identity(run, ms, names),
+                          resume_mode=resume_mode)
         trainer.run(sample=sample)
         if comm.rank != 0:
             continue
+        all_histories.update({n: coder_history(trainer.history, n) for n in coders})
         from circuitlab.sparse.evaluate import density_histogram, evaluate, save_metrics
         from circuitlab.sparse.files import save_coder
 
@@ -116,7 +183,11 @@ def train_file(tf: TrainFile, models: Optional[dict] = None) -> dict[str, dict]:
                     atomic_write(folder / "density.html", lambda t, d=dens, n=name: density_histogram(d, n).write_html(t))
                     m["density_file"] = "density.html"
             save_metrics(m, folder / "metrics.json")
+            atomic_write(folder / "history.json",
+                         lambda t, h=all_histories[name]: Path(t).write_text(json.dumps(h, indent=1)))
             results[name] = m
     if comm.rank == 0:
         atomic_write(out / "summary.json", lambda t: Path(t).write_text(json.dumps(results, indent=1)))
+        if all_histories:
+            write_loss_curve(out / "loss_curve.html", all_histories)
     return results

@@ -104,6 +104,66 @@ class NonFiniteLoss(RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept."""
 
 
+class ConfigMismatch(ValueError):
+    """A saved training state was written by a run with a different configuration."""
+
+
+RESUME_MODES = ("auto", "resume", "restart")
+"""auto: resume a saved state only when its configuration equals this run's; resume: continue
+it also when only safe settings changed (learning rate, schedule, total_tokens raised);
+restart: discard it and train from scratch."""
+
+UNCHECKED_TRAIN_KEYS = ("progress", "checkpoint_every", "log_every")
+"""Train settings that change neither the coders nor the data: never compared."""
+
+SAFE_TRAIN_KEYS = ("lr", "beta1", "beta2", "warmup_fraction", "decay_fraction", "sparsity_warmup_fraction",
+                   "dead_window_tokens", "dense_threshold", "token_weighting", "total_tokens")
+"""Train settings a saved state can continue under (``resume`` mode): they change the
+optimisation from here on, not what the saved tensors mean. Everything else (the coders'
+shapes and architecture, the data, the batch size, the initialisation) needs ``restart``."""
+
+
+def code_version() -> dict:
+    """Versions recorded with a training state (a difference is reported, not refused)."""
+    import circuitlab
+
+    return {"circuitlab": getattr(circuitlab, "__version__", "unknown"), "torch": torch.__version__}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=0.0) or a == b
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+_ABSENT = "<absent>"
+
+
+def config_diff(old: dict, new: dict) -> list[tuple[str, object, object]]:
+    """(key, old, new) for every flattened key whose value differs."""
+    fo, fn = _flatten(old), _flatten(new)
+    return [(k, fo.get(k, _ABSENT), fn.get(k, _ABSENT)) for k in sorted(set(fo) | set(fn))
+            if not _same(fo.get(k, _ABSENT), fn.get(k, _ABSENT))]
+
+
+def _fmt(v) -> str:
+    return list(v).__repr__() if isinstance(v, tuple) else (v if v is _ABSENT else repr(v))
+
+
 def default_lr(coder: SparseCoder) -> float:
     """8e-4 / sqrt(d_sae / 2^14): the 1/sqrt(d_sae) scaling of Gao et al. (2024), at 4x their
     constant. Our inputs are normalised to E||x|| = sqrt(d_in), and on that scale their constant
@@ -154,12 +214,20 @@ class Trainer:
     """Trains ``coders`` ({name: coder}) on batches from ``loader``; writes to ``out_dir``."""
 
     def __init__(self, coders: dict[str, SparseCoder], loader: ShardLoader, cfg: TrainConfig,
-                 out_dir: str | Path, comm: Optional[Comm] = None):
+                 out_dir: str | Path, comm: Optional[Comm] = None, data: Optional[dict] = None,
+                 resume_mode: str = "auto"):
+        """``data``: what else defines the run (model, sites, corpus, ...), recorded with each
+        checkpoint and compared on resume with the coders' and train configs; ``resume_mode``:
+        one of ``RESUME_MODES``."""
+        if resume_mode not in RESUME_MODES:
+            raise ValueError(f"resume_mode must be one of {', '.join(RESUME_MODES)}, not {resume_mode!r}")
         self.coders = coders
         self.loader = loader
         self.cfg = cfg
         self.out = Path(out_dir)
         self.comm = comm or Comm()
+        self.data = dict(data or {})
+        self.resume_mode = resume_mode
         self.total_steps = max(1, cfg.total_tokens // cfg.batch_size)
         self.step = 0
         if cfg.token_weighting not in ("none", "resid_norm"):
@@ -235,6 +303,69 @@ class Trainer:
         return num / den
 
     # ------------------------------------------------------------------ checkpoints
+    def identity(self) -> dict:
+        """Everything that defines this run: train settings, every coder's config, the data."""
+        train = {k: v for k, v in asdict(self.cfg).items() if k not in UNCHECKED_TRAIN_KEYS}
+        return json.loads(json.dumps({"train": train, "coders": {n: c.cfg.to_dict() for n, c in self.coders.items()},
+                                      "data": self.data}))
+
+    def _check_identity(self, info: dict, where: Path) -> None:
+        """Refuse (ConfigMismatch) a saved state whose configuration differs from this run's,
+        unless ``resume_mode='resume'`` and every difference is safe."""
+        import warnings
+
+        old = info.get("identity")
+        new = self.identity()
+        if old is None:  # states written before configurations were recorded
+            old = {"train": {k: v for k, v in info.get("config", {}).items() if k not in UNCHECKED_TRAIN_KEYS}}
+            new = {"train": new["train"]}
+            warnings.warn(f"the training state in {where} predates recorded configurations: only its train "
+                          "settings can be compared; pass --restart (resume_mode='restart') if the coders or "
+                          "the data changed", stacklevel=3)
+        if info.get("code_version") and info["code_version"] != code_version():
+            warnings.warn(f"the training state in {where} was written by {info['code_version']}; this is "
+                          f"{code_version()}", stacklevel=3)
+        diff = config_diff(old, new)
+        if not diff:
+            return
+        unsafe = [d for d in diff if not self._safe_change(*d, tokens=info.get("tokens", 0))]
+        if self.resume_mode == "resume" and not unsafe:
+            warnings.warn("resuming a training state written with other settings: " +
+                          "; ".join(f"{k}: {_fmt(a)} -> {_fmt(b)}" for k, a, b in diff), stacklevel=3)
+            return
+        lines = [f"  {k}: {_fmt(a)} -> {_fmt(b)}" for k, a, b in diff[:30]]
+        if len(diff) > 30:
+            lines.append(f"  ... and {len(diff) - 30} more")
+        if unsafe:
+            how = (f"--resume cannot continue it: {', '.join(k for k, _, _ in unsafe[:5])} "
+                   f"{'changes' if len(unsafe) == 1 else 'change'} what the saved state means")
+        else:
+            how = "these changes are safe to continue under: pass --resume to continue the saved state"
+        raise ConfigMismatch(
+            f"the training state in {where} (step {info.get('step')}, {info.get('tokens')} tokens) was written "
+            f"with a different configuration (old -> new):\n" + "\n".join(lines) + "\n"
+            f"Pass --restart to discard it and train from scratch ({how}); in Python: "
+            "Trainer(..., resume_mode='restart' | 'resume'), train_file(..., resume_mode=...).")
+
+    @staticmethod
+    def _safe_change(key: str, old, new, tokens: int) -> bool:
+        if not key.startswith("train."):
+            return False
+        name = key.split(".", 1)[1]
+        if name == "total_tokens":
+            return isinstance(new, int) and new >= max(tokens, 1)
+        return name in SAFE_TRAIN_KEYS
+
+    def clean_temporaries(self) -> list[Path]:
+        """Remove temporary files an interrupted (killed) checkpoint write left behind."""
+        if self.comm.rank != 0 or not self.ckpt_dir.exists():
+            return []
+        gone = []
+        for p in self.ckpt_dir.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+            gone.append(p)
+        return gone
+
     def _tensors(self) -> dict[str, torch.Tensor]:
         t = {}
         for n, c in self.coders.items():
@@ -262,23 +393,92 @@ class Trainer:
             return None
         name = f"step_{self.step:08d}.safetensors"
         tensors = self._tensors()
-        atomic_write(self.ckpt_dir / name, lambda p: save_file(tensors, p))
         info = {"step": self.step, "tokens": self.tokens_seen, "file": name, "loaders": states,
-                "config": asdict(self.cfg), "history": self.history}
+                "config": asdict(self.cfg), "identity": self.identity(), "code_version": code_version(),
+                "history": self.history}
+        # the file carries its own info, so a previous checkpoint can be resumed if the latest is damaged
+        atomic_write(self.ckpt_dir / name, lambda p: save_file(tensors, p, metadata={"info": json.dumps(info)}))
         atomic_write(self.ckpt_dir / "latest.json", lambda p: Path(p).write_text(json.dumps(info)))
         for old in sorted(self.ckpt_dir.glob("step_*.safetensors"))[:-2]:  # keep the previous one too
             old.unlink(missing_ok=True)
         return self.ckpt_dir / name
 
-    def resume(self) -> bool:
-        """Load the latest checkpoint if there is one; True when resumed."""
-        from safetensors.torch import load_file
+    def discard_state(self) -> None:
+        """Delete the saved training state (rank 0; the others wait)."""
+        import shutil
 
-        p = self.ckpt_dir / "latest.json"
-        if not p.exists():
+        if self.comm.rank == 0 and self.ckpt_dir.exists():
+            shutil.rmtree(self.ckpt_dir)
+        if self.comm.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def resume(self) -> bool:
+        """Load the latest usable checkpoint if there is one; True when resumed.
+
+        The saved configuration is compared first (ConfigMismatch names every difference). A
+        checkpoint that cannot be read is reported by name and the previous one is tried."""
+        import warnings
+
+        if self.resume_mode == "restart":
+            self.discard_state()
             return False
-        info = json.loads(p.read_text())
-        t = load_file(str(self.ckpt_dir / info["file"]))
+        latest = self.ckpt_dir / "latest.json"
+        info = None
+        problems = []
+        if latest.exists():
+            try:
+                info = json.loads(latest.read_text())
+                if not isinstance(info, dict) or "file" not in info:
+                    raise ValueError("no 'file' entry")
+            except (ValueError, OSError) as e:
+                problems.append(f"{latest}: {e}")
+                warnings.warn(f"training state pointer {latest} is unreadable ({e}); trying the checkpoint files",
+                              stacklevel=2)
+                info = None
+        files = sorted(self.ckpt_dir.glob("step_*.safetensors"), reverse=True) if self.ckpt_dir.exists() else []
+        if info is None and not files:
+            return False
+        order = [(self.ckpt_dir / info["file"], info)] if info else []
+        order += [(f, None) for f in files if not order or f != order[0][0]]
+        for f, finfo in order:
+            try:
+                t, meta = self._read_checkpoint(f)
+                finfo = finfo or meta
+                if finfo is None:
+                    raise ValueError("it records no step, loader position or configuration (an older format)")
+            except Exception as e:  # noqa: BLE001 (any damage: truncated, missing, wrong keys)
+                problems.append(f"{f}: {e}")
+                if f != order[-1][0]:
+                    warnings.warn(f"checkpoint {f} could not be read ({type(e).__name__}: {e}); falling back "
+                                  "to the previous checkpoint", stacklevel=2)
+                continue
+            self._check_identity(finfo, self.ckpt_dir)
+            try:
+                self._load_state(t, finfo)
+            except (KeyError, RuntimeError, ValueError, IndexError) as e:
+                problems.append(f"{f}: {e}")
+                warnings.warn(f"checkpoint {f} does not fit these coders ({type(e).__name__}: {e}); falling "
+                              "back to the previous checkpoint", stacklevel=2)
+                continue
+            return True
+        raise RuntimeError("no usable checkpoint in " + str(self.ckpt_dir) + ":\n  " + "\n  ".join(problems)
+                           + "\nPass --restart (resume_mode='restart') to discard this state and train from scratch.")
+
+    @staticmethod
+    def _read_checkpoint(f: Path) -> tuple[dict, Optional[dict]]:
+        """The tensors of a checkpoint file and the info it carries (None for older files)."""
+        from safetensors import safe_open
+
+        if not f.exists():
+            raise FileNotFoundError(f"missing checkpoint file {f}")
+        with safe_open(str(f), framework="pt") as h:
+            meta = h.metadata() or {}
+            t = {k: h.get_tensor(k) for k in h.keys()}
+        return t, (json.loads(meta["info"]) if "info" in meta else None)
+
+    def _load_state(self, t: dict, info: dict) -> None:
         for n, c in self.coders.items():
             sd = {k.split("/coder/", 1)[1]: v for k, v in t.items() if k.startswith(f"{n}/coder/")}
             c.load_state_dict(sd)
@@ -299,7 +499,6 @@ class Trainer:
             self.fire_count[n] = t[f"{n}/fire_count"].clone()
         self.step, self.tokens_seen, self.history = info["step"], info["tokens"], info["history"]
         self.loader.load_state_dict(info["loaders"][self.comm.rank])
-        return True
 
     # ------------------------------------------------------------------ training
     def _token_weight(self, coder: SparseCoder, rows: Rows) -> Optional[torch.Tensor]:
@@ -366,6 +565,7 @@ class Trainer:
         resuming from the latest checkpoint if any; returns the last logs per coder."""
         from tqdm.auto import tqdm
 
+        self.clean_temporaries()
         if not self.resume():
             if sample is None:
                 raise ValueError("a fresh run needs a sample of rows to initialise from")
