@@ -2,13 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import contextlib
+import functools
+from typing import Iterator, Optional, Sequence
 
 from circuitlab.result import Result
 
 METHODS = ("exact", "atp", "atp*", "relp", "ig")
 
 
+@contextlib.contextmanager
+def exclusive(model) -> Iterator[None]:
+    """Hold ``model``'s lock and put it in eval mode for the block (each module's train/eval
+    flag is restored afterwards).
+
+    Why: every verb runs several hooked forward and backward passes whose results combine;
+    another thread's hooks on the same model in between would corrupt them, and dropout left
+    on by ``model.train()`` makes patched and clean runs disagree at random."""
+    import torch
+
+    from circuitlab.engine.hooks import model_lock
+
+    bridge = getattr(model, "bridge", model)
+    with model_lock(bridge):
+        roots = [bridge, getattr(bridge, "original_model", None), getattr(model, "layers", None)]
+        modules = {id(m): m for r in roots if isinstance(r, torch.nn.Module) for m in r.modules()}
+        training = [m for m in modules.values() if m.training]
+        for m in training:
+            m.training = False
+        try:
+            yield
+        finally:
+            for m in training:
+                m.training = True
+
+
+def _exclusive_call(fn):
+    """Run an API verb under ``exclusive(model)`` (its first argument)."""
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        with exclusive(model):
+            return fn(model, *args, **kwargs)
+    return wrapper
+
+
+@_exclusive_call
 def patch(model, task, sites: str | Sequence[str] = "resid_pre", method: str = "exact",
           direction: str = "denoising", positions: Optional[Sequence[int | str]] = None,
           **kwargs) -> Result | dict[str, Result]:
@@ -41,6 +79,7 @@ def patch(model, task, sites: str | Sequence[str] = "resid_pre", method: str = "
     return fns[method](model, task, sites, direction, positions, **kwargs)
 
 
+@_exclusive_call
 def dla(model, task, by: str = "head", tokens: str = "clean") -> Result:
     """Direct logit attribution by 'layer', 'head', 'neuron' or 'source' (see methods.dla)."""
     from circuitlab.methods.dla import dla as _dla
@@ -48,6 +87,7 @@ def dla(model, task, by: str = "head", tokens: str = "clean") -> Result:
     return _dla(model, task, by, tokens)
 
 
+@_exclusive_call
 def logit_lens(model, task, tokens: str = "clean") -> Result:
     from circuitlab.methods.logit_lens import logit_lens as _ll
 

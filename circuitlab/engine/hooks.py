@@ -7,11 +7,32 @@ failed sweep never leaves a model that silently patches the next run.
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from typing import Callable, Iterable, Iterator
 
 import torch
 
 HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model) -> threading.RLock:
+    """The re-entrant lock of one model (a circuitlab Model or its bridge: the same lock).
+
+    Why: hooks are attached to the model object itself, so two threads running hooked passes
+    on one model would each fire the other's hooks (wrong values, or hooks that never fire).
+    Every hooked pass holds this lock (``scoped_hooks`` takes it), and the public API calls hold
+    it for their whole run, forward and backward passes included. Re-entrant, so nested engine
+    calls in the same thread do not deadlock; different models run in parallel."""
+    bridge = getattr(model, "bridge", model)
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(bridge)
+        if lock is None:
+            lock = _LOCKS[bridge] = threading.RLock()
+        return lock
 
 
 def resolve(bridge, name: str):
@@ -36,6 +57,8 @@ def scoped_hooks(
     forward pre-hooks on plain modules, for the duration of the block."""
     added: list[tuple[object, object]] = []
     handles: list[torch.utils.hooks.RemovableHandle] = []
+    lock = model_lock(bridge)
+    lock.acquire()
     try:
         for name, fn in forward:
             hp = resolve(bridge, name)
@@ -51,6 +74,7 @@ def scoped_hooks(
                 hp.fwd_hooks.remove(lens_handle)
         for h in handles:
             h.remove()
+        lock.release()
 
 
 def _adapt(fn: HookFn):
