@@ -23,9 +23,14 @@ def _load_model(name: str | None):
 def _task(model, spec: str, n: int, seed: int):
     import circuitlab as cl
 
-    if Path(spec).suffix == ".jsonl" or Path(spec).exists():
-        return cl.tasks.from_pairs(model, spec, name=Path(spec).stem)
-    return cl.tasks.bundled(model, spec, n=n, seed=seed)
+    from circuitlab.tasks.bundled import BUNDLED
+
+    # a bundled name wins over a same-named file or folder (``--out ioi`` makes one); an argument
+    # that looks like a path (.jsonl/.json, a separator) or names an existing file is a JSONL
+    looks_like_file = Path(spec).suffix in (".jsonl", ".json") or "/" in spec or "\\" in spec
+    if not looks_like_file and (spec in BUNDLED or not Path(spec).is_file()):
+        return cl.tasks.bundled(model, spec, n=n, seed=seed)
+    return cl.tasks.from_pairs(model, spec, name=Path(spec).stem)
 
 
 def cmd_sweep(a) -> None:
