@@ -36,7 +36,8 @@ def cmd_train(a) -> None:
         keys = ("l0", "fvu", "ce_recovered", "dead_fraction", "train_tokens_per_s")
         print(name + ": " + ", ".join(f"{k}={m[k]:.4g}" for k in keys if isinstance(m.get(k), (int, float))))
     if results:
-        print(f"wrote {tf.run.out}/")
+        print(f"wrote {tf.run.out}/ (history.json per coder, loss_curve.html; resumable state: "
+              f"{Path(tf.run.out) / 'train_state.json'})")
 
 
 def cmd_eval(a) -> None:
