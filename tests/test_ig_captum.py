@@ -243,31 +243,29 @@ def assert_matches(ours: torch.Tensor, ref: torch.Tensor, tol: float = TOL, name
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("variant", ["inputs", "activations"])
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_ig_matches_captum_at_each_site(models, arch, variant, family):
+@pytest.mark.parametrize("arch, direction", [("gpt2", "denoising"), ("llama", "noising")])
+def test_ig_matches_captum_at_each_site(models, arch, direction, variant, family):
+    """Every position (and head) of the middle layer, Gauss-Legendre (non-equal weights)."""
     m, hf, task = models(arch)
-    steps, rule = 5, "gauss-legendre"
-    r = cl.patch(m, task, family, method="ig", variant=variant, steps=steps, rule=rule)
+    steps, rule, layer = 5, "gauss-legendre", 1
+    r = cl.patch(m, task, family, direction=direction, method="ig", variant=variant, steps=steps, rule=rule, layers=[layer])
     assert r.values.dtype == torch.float64
-    for layer in range(m.n_layers):
-        compare(family, layer, r.values[layer], hf, task, variant, rule, steps, "denoising", m.n_heads)
+    compare(family, layer, r.values[0], hf, task, variant, rule, steps, direction, m.n_heads)
 
 
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("variant", ["inputs", "activations"])
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_ig_rules_match_captum_methods(models, arch, variant, rule):
-    m, hf, task = models(arch)
-    steps, layer, direction = 4, 1, "noising" if arch == "llama" else "denoising"
-    r = cl.patch(m, task, "heads", direction=direction, method="ig", variant=variant, steps=steps, rule=rule,
-                 layers=[layer])
-    compare("heads", layer, r.values[0], hf, task, variant, rule, steps, direction, m.n_heads)
+def test_ig_rules_match_captum_methods(models, variant, rule):
+    m, hf, task = models("gpt2")
+    steps, layer = 4, 1
+    r = cl.patch(m, task, "heads", method="ig", variant=variant, steps=steps, rule=rule, layers=[layer])
+    compare("heads", layer, r.values[0], hf, task, variant, rule, steps, "denoising", m.n_heads)
 
 
 def test_default_rule_is_right_riemann(models):
     m, _, task = models("gpt2")
-    a = cl.patch(m, task, "mlp_out", method="ig", steps=4)
-    b = cl.patch(m, task, "mlp_out", method="ig", steps=4, rule="right")
+    a = cl.patch(m, task, "mlp_out", method="ig", steps=4, layers=[0])
+    b = cl.patch(m, task, "mlp_out", method="ig", steps=4, rule="right", layers=[0])
     assert torch.equal(a.values, b.values) and a.meta["rule"] == "right"
 
 
