@@ -140,6 +140,44 @@ def test_orphan_temporary_of_a_killed_write_is_removed_at_start(tmp_path):
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
 
 
+KILL_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import safetensors.torch as st
+from test_run_identity import DATA, _trainer
+real = st.save_file
+def save_then_die(tensors, path, metadata=None):
+    real(tensors, path, metadata=metadata)
+    if "step_00000020" in os.path.basename(str(path)):
+        os.kill(os.getpid(), signal.SIGKILL)  # killed after writing the temporary, before the rename
+st.save_file = save_then_die
+_trainer(sys.argv[2]).run(sample=DATA.shard(0))
+"""
+
+
+def test_sigkill_during_a_checkpoint_write_resumes_cleanly(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    r = subprocess.run([sys.executable, str(script), str(Path(__file__).parent), str(tmp_path / "run")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == -9, r.stderr[-2000:]
+    ckpt = tmp_path / "run/checkpoints"
+    assert list(ckpt.glob(".step_00000020.safetensors.*.tmp"))  # the orphan a killed write leaves
+    assert json.loads((ckpt / "latest.json").read_text())["step"] == 10
+    resumed = _trainer(tmp_path / "run")
+    resumed.run()
+    assert not list(ckpt.glob("*.tmp")) and resumed.step == 30
+    full = _trainer(tmp_path / "full")
+    full.run(sample=DATA.shard(0))
+    for k, v in _weights(full).items():
+        assert torch.equal(v, resumed.coders["sae"].state_dict()[k]), k
+
+
 # ---------------------------------------------------------------------------- the train command
 def _toml(path, out, model, k, lr, expansion=2):
     path.write_text(f"""
