@@ -305,8 +305,8 @@ def test_hostile_pages_run_no_injected_script_in_chromium(tmp_path):
     from circuitlab.viz.report import Report
 
     g = make_graph(HOSTILE)
-    graph_html = write_page(g, tmp_path / "probe.html", pruned=prune(g), supernodes=[(HOSTILE[0], [0]), (HOSTILE[1], [1])],
-                            top_tokens={g.node_id(0): HOSTILE[:2]})
+    graph_html = write_page(g, tmp_path / "probe.html", pruned=prune(g),
+                            supernodes=[(HOSTILE[0], [0]), (HOSTILE[1], [1])], top_tokens={g.node_id(0): HOSTILE[:2]})
     rep = Report(HOSTILE[0])
     rep.add(HOSTILE[1], HOSTILE[0], hostile_result(HOSTILE).plot(), [[HOSTILE[0], HOSTILE[1]], [HOSTILE[2], 1.0]],
             HOSTILE[5])
