@@ -84,8 +84,18 @@ def run_to_final(
 
 
 def final_logits(model, resid: torch.Tensor) -> torch.Tensor:
-    """Apply the final norm and unembedding to residual vectors [..., d_model]."""
-    return model.bridge.unembed(model.bridge.ln_final(resid))
+    """Apply the final norm and unembedding to residual vectors [..., d_model], then the
+    model's logit soft-capping (Gemma-2: cap * tanh(logits / cap)) where it has one, so these
+    are the logits the model outputs."""
+    logits = model.bridge.unembed(model.bridge.ln_final(resid))
+    cap = logit_softcap(model)
+    return cap * torch.tanh(logits / cap) if cap else logits
+
+
+def logit_softcap(model) -> float | None:
+    """The final-logit soft-capping constant, or None where the model has none."""
+    cap = getattr(model.bridge.original_model.config, "final_logit_softcapping", None)
+    return float(cap) if cap else None
 
 
 def new_kv_cache(model):

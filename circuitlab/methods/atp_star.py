@@ -35,7 +35,7 @@ def _scores(model, grid, acts, grads, source, all_pos: bool) -> dict[str, torch.
         qn, kn = qk_fix.rotated_names(model, l)
         pat = f"blocks.{l}.attn.hook_pattern"
         A, G = acts[pat].detach().float(), grads[pat].float()
-        s = qk_fix.attn_scale(model, l)
+        s = qk_fix.score_rule(model, l)
         if fam == "q":
             sc = qk_fix.query_effects(acts[qn].detach(), source[qn], acts[kn].detach(), A, G, s)
         elif all_pos:

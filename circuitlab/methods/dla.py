@@ -9,6 +9,12 @@ norm with its cached scale sigma (frozen), component c contributes
 and the components plus the final norm's bias term and the unembedding-bias difference sum to
 the real logit difference (tested). Works on raw Hugging Face weights: the norm gain is folded
 here. Per-source DLA splits a head's contribution by source token: A[d, s] (v_s W_O^h) / sigma.
+
+Sandwich norms (Gemma-2, Gemma-3) normalise each attention and MLP output before it joins the
+residual stream: attn_out = g * x / sigma_l with x the sum of the heads. With that norm's scale
+sigma_l frozen too (as the final norm's is), each head's piece g * (z_h W_O^h) / sigma_l is what
+it adds, and the pieces still sum to the logit difference. Where the model soft-caps its logits
+(Gemma-2), the decomposition is of the logits before the cap (``meta['logit_softcap']``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,14 @@ from circuitlab.models import weights
 from circuitlab.result import Cost, Result
 
 BY = ("layer", "head", "neuron", "source")
+_POST = {"attn": "ln1_post", "mlp": "ln2_post"}
+
+
+def _post_norm(model, layer: int, part: str):
+    """Block ``layer``'s norm applied to the attention ('attn') or MLP ('mlp') output, or None."""
+    if not model.post_attn_norm:
+        return None
+    return getattr(model.bridge.blocks[layer], _POST[part], None)
 
 
 def dla(model, task, by: str = "head", tokens: str = "clean") -> Result:
@@ -31,9 +45,6 @@ def dla(model, task, by: str = "head", tokens: str = "clean") -> Result:
     component so that everything sums to the logit difference (``meta['total']``)."""
     if by not in BY:
         raise ValueError(f"unknown DLA grouping {by!r}; choose from {BY}")
-    if model.post_attn_norm:
-        raise ValueError("DLA needs components that add into the residual stream; this model normalises "
-                         "attention/MLP outputs before adding them (Gemma-2 sandwich norms). Use patching instead.")
     t0 = time.perf_counter()
     toks = task.clean_tokens if tokens == "clean" else task.corrupt_tokens
     B = toks.shape[0]
@@ -50,6 +61,9 @@ def dla(model, task, by: str = "head", tokens: str = "clean") -> Result:
             names.append(f"blocks.{l}.mlp.hook_post")
         if by == "source":
             names += [f"blocks.{l}.attn.hook_v", f"blocks.{l}.attn.hook_pattern"]
+        for part in ("attn", "mlp") if by == "neuron" else ("attn",):
+            if _post_norm(model, l, part) is not None:
+                names.append(f"blocks.{l}.{_POST[part]}.hook_scale")
     with torch.no_grad():
         return _dla(model, task, by, tokens, toks, names, has_pos, t0)
 
@@ -64,15 +78,45 @@ def _dla(model, task, by, tokens, toks, names, has_pos, t0) -> Result:
     WU, bU = weights.W_U(model), weights.b_U(model)
     dW = (WU[:, task.answer_ids] - WU[:, task.wrong_ids]).T  # [B, d]
     u = gain * dW  # the final norm's gain folded into the readout
-    sigma = at(c["ln_final.hook_scale"])  # [B, 1]
+    acc = torch.promote_types(torch.float32, model.dtype)  # bf16/fp16 models sum in float32
+    u = u.to(acc)
+    sigma = at(c["ln_final.hook_scale"]).to(acc)  # [B, 1]
     center = model.norm == "LN"
+
+    def per_prompt(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """v [B, k] broadcast against x [B, ..., d]."""
+        return v.view(B, *([1] * (x.dim() - 2)), -1)
 
     def contrib(x: torch.Tensor) -> torch.Tensor:
         """x [B, ..., d] -> [...] mean over prompts of its logit-difference contribution."""
+        x = x.to(acc)
         if center:
             x = x - x.mean(-1, keepdim=True)
-        shape = (B,) + (1,) * (x.dim() - 2)
-        return ((x / sigma.view(*shape, 1)) * u.view(B, *([1] * (x.dim() - 2)), -1)).sum(-1).mean(0)
+        return ((x / per_prompt(sigma, x)) * per_prompt(u, x)).sum(-1).mean(0)
+
+    def through(l: int, part: str, x: torch.Tensor) -> torch.Tensor:
+        """x [B, ..., d] as it reaches the residual stream: through block l's post-attention
+        ('attn') or post-MLP ('mlp') norm with its scale frozen, where the model has one."""
+        x = x.to(acc)
+        ln = _post_norm(model, l, part)
+        if ln is None:
+            return x
+        g, _, centered = weights.norm_affine(ln)
+        if centered:
+            x = x - x.mean(-1, keepdim=True)
+        scale = at(c[f"blocks.{l}.{_POST[part]}.hook_scale"]).to(acc)
+        return x / per_prompt(scale, x) * g.to(acc)
+
+    def bias_in(l: int, part: str, b_vec: torch.Tensor) -> torch.Tensor:
+        """A sublayer's output bias [d] as it reaches the residual stream, plus the post-norm's
+        own bias (LayerNorm-style post norms)."""
+        x = through(l, part, b_vec.expand(B, -1))
+        ln = _post_norm(model, l, part)
+        if ln is not None:
+            beta = weights.norm_affine(ln)[1]
+            if beta is not None:
+                x = x + beta.to(acc)
+        return x
 
     W_O, b_O = weights.W_O(model), weights.b_O(model)
     extras: dict[str, torch.Tensor] = {}
@@ -81,11 +125,13 @@ def _dla(model, task, by, tokens, toks, names, has_pos, t0) -> Result:
     extras["embed"] = contrib(embed)
     if has_pos:
         extras["pos_embed"] = contrib(pos_embed)
-    heads = torch.stack([contrib(torch.einsum("bhd,hdm->bhm", at(c[f"blocks.{l}.attn.hook_z"]), W_O[l])) for l in range(L)])
-    attn_bias = torch.stack([contrib(b_O[l].expand(B, -1)) for l in range(L)])
+    heads = torch.stack([contrib(through(l, "attn", torch.einsum("bhd,hdm->bhm", at(c[f"blocks.{l}.attn.hook_z"]).to(acc), W_O[l].to(acc))))
+                         for l in range(L)])
+    attn_bias = torch.stack([contrib(bias_in(l, "attn", b_O[l])) for l in range(L)])
     mlp = torch.stack([contrib(at(c[f"blocks.{l}.hook_mlp_out"])) for l in range(L)])
     # the norm's bias is added after the gain: it reads through dW, not u
-    const = ((dW @ nbias).mean() if nbias is not None else torch.tensor(0.0)) + (bU[task.answer_ids] - bU[task.wrong_ids]).mean()
+    const = (((dW.to(acc) @ nbias.to(acc)).mean() if nbias is not None else torch.tensor(0.0, dtype=acc))
+             + (bU[task.answer_ids] - bU[task.wrong_ids]).to(acc).mean())
     extras["final_norm_and_unembed_bias"] = const.reshape(())
     labels: list[str]
     if by == "layer":
@@ -97,27 +143,32 @@ def _dla(model, task, by, tokens, toks, names, has_pos, t0) -> Result:
         extras.update(attn_bias=attn_bias, mlp=mlp)
     elif by == "neuron":
         W_out, b_out = weights.W_out(model), weights.b_out(model)
-        values = torch.stack([contrib(at(c[f"blocks.{l}.mlp.hook_post"])[..., None] * W_out[l]) for l in range(L)])
+        values = torch.stack([contrib(through(l, "mlp", at(c[f"blocks.{l}.mlp.hook_post"]).to(acc)[..., None] * W_out[l].to(acc)))
+                              for l in range(L)])
         dims = ("layer", "neuron")
         labels = [f"L{l}.N{n}" for l in range(L) for n in range(values.shape[1])]
-        extras.update(heads=heads, attn_bias=attn_bias, mlp_bias=torch.stack([contrib(b_out[l].expand(B, -1)) for l in range(L)]))
+        extras.update(heads=heads, attn_bias=attn_bias, mlp_bias=torch.stack([contrib(bias_in(l, "mlp", b_out[l])) for l in range(L)]))
     else:
         per = []
         for l in range(L):
             v = c[f"blocks.{l}.attn.hook_v"]
             v = v.repeat_interleave(model.n_heads // v.shape[2], 2)  # GQA: each query head's values
             A = c[f"blocks.{l}.attn.hook_pattern"][b, :, pos]  # [B, H, S]
-            x = A[..., None] * torch.einsum("bshd,hdm->bhsm", v, W_O[l])  # [B, H, S, d]
-            per.append(contrib(x))
+            x = A.to(acc)[..., None] * torch.einsum("bshd,hdm->bhsm", v.to(acc), W_O[l].to(acc))  # [B, H, S, d]
+            per.append(contrib(through(l, "attn", x)))
         values, dims = torch.stack(per), ("layer", "head", "source")
         labels = [f"L{l}.H{h}<-{s}" for l in range(L) for h in range(model.n_heads) for s in range(values.shape[2])]
         extras.update(attn_bias=attn_bias, mlp=mlp)
     real = (c[f"blocks.{L - 1}.hook_resid_post"])  # the actual logit difference, for the record
-    from circuitlab.engine.forward import final_logits
+    from circuitlab.engine.forward import logit_softcap
 
-    logits = final_logits(model, at(real))
+    logits = model.bridge.unembed(model.bridge.ln_final(at(real))).to(acc)  # before any soft-capping
     actual = (logits[b, task.answer_ids] - logits[b, task.wrong_ids]).mean()
     total = values.sum() + sum(v.sum() for k, v in extras.items() if not (by == "neuron" and k == "mlp"))
     meta = {"total": float(total.detach()), "logit_diff": float(actual.detach()), "tokens": tokens}
+    cap = logit_softcap(model)
+    if cap:
+        capped = cap * torch.tanh(logits / cap)
+        meta.update(logit_softcap=cap, capped_logit_diff=float((capped[b, task.answer_ids] - capped[b, task.wrong_ids]).mean()))
     return Result(values.detach().cpu(), labels, dims, "dla", by, tokens, "logit_diff", float(actual),
                   Cost(1, 0, time.perf_counter() - t0), {k: v.detach().cpu() for k, v in extras.items()}, meta)

@@ -9,21 +9,61 @@ changes (METHODS.md section 3):
     I(k_j) = sum_{t>=j} E / (1 + E) * (G_tj - S_t)
 
 with A the base pattern and G = dL/dA. Keys shared by several query heads (GQA) sum over them.
-Queries and keys are the ones attention uses (after rotary embeddings where the model has them).
+Queries and keys are the ones attention uses (after QK-norm and rotary embeddings where the
+model has them: hook_rot_q / hook_rot_k). Scores follow the model's own rule, read from its
+attention module: the scale (``scaling``: Gemma-3 uses query_pre_attn_scalar**-0.5, not
+d_head**-0.5), logit soft-capping (Gemma-2: cap * tanh(s / cap), so D above is the difference of
+capped scores) and the mask (causal, and for sliding-window layers only keys t - j < window).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
+
+
+@dataclass(frozen=True)
+class ScoreRule:
+    """How one layer turns a query and a key into an attention logit."""
+
+    scale: float
+    """Multiplies q . k (d_head**-0.5 unless the model says otherwise)."""
+    softcap: Optional[float] = None
+    """Soft-capping constant c: the logit is c * tanh(scale q.k / c) (Gemma-2); None: no cap."""
+    window: Optional[int] = None
+    """Sliding window: query t sees key j only when t - j < window; None: all earlier keys."""
+
+
+def _hf_attention(model, layer: int):
+    block = model.bridge.blocks[layer]
+    attn = getattr(block, "attn", None)
+    return getattr(attn, "original_component", None) or attn
 
 
 def attn_scale(model, layer: int) -> float:
     """The attention logit scale (1/sqrt(d_head) unless the model says otherwise)."""
+    hf = _hf_attention(model, layer)
+    s = getattr(hf, "scaling", None)
+    if isinstance(s, (int, float)):
+        return float(s)
     for mod in model.layers[layer].modules():
         s = getattr(mod, "scaling", None)
         if isinstance(s, (int, float)):
             return float(s)
     return model.d_head ** -0.5
+
+
+def score_rule(model, layer: int) -> ScoreRule:
+    """Layer ``layer``'s scale, soft-cap and sliding window, read from its attention module."""
+    hf = _hf_attention(model, layer)
+    cap = getattr(hf, "attn_logit_softcapping", None)
+    window = getattr(hf, "sliding_window", None)
+    if getattr(hf, "is_sliding", True) is False:
+        window = None
+    return ScoreRule(attn_scale(model, layer), float(cap) if cap else None,
+                     int(window) if isinstance(window, int) and window > 0 else None)
 
 
 def rotated_names(model, layer: int) -> tuple[str, str]:
@@ -35,44 +75,71 @@ def rotated_names(model, layer: int) -> tuple[str, str]:
     return f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k"
 
 
-def _causal(T: int, device) -> torch.Tensor:
-    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
+def visible(T: int, device, window: Optional[int] = None) -> torch.Tensor:
+    """[T(query), T(key)] True where query t attends to key j: j <= t (and t - j < window)."""
+    m = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    if window is not None:
+        m = m.triu(-(window - 1))
+    return m
 
 
-def query_effects(q_base, q_src, k_base, A, G, scale) -> torch.Tensor:
-    """[B, T, H]: effect of replacing each query (one at a time) by its source value."""
+def _rule(scale, rule: Optional[ScoreRule]) -> ScoreRule:
+    if isinstance(scale, ScoreRule):
+        return scale
+    return rule if rule is not None else ScoreRule(float(scale))
+
+
+def _logits(rule: ScoreRule, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """[B, H, T, T] attention logits (before masking) from q [B, T, H, d], k [B, T, H, d]."""
+    S = rule.scale * torch.einsum("bthd,bjhd->bhtj", q.float(), k.float())
+    if rule.softcap:
+        S = rule.softcap * torch.tanh(S / rule.softcap)
+    return S
+
+
+def query_effects(q_base, q_src, k_base, A, G, scale, rule: Optional[ScoreRule] = None) -> torch.Tensor:
+    """[B, T, H]: effect of replacing each query (one at a time) by its source value.
+    ``scale``: a float (plain causal attention) or a :class:`ScoreRule`."""
+    rule = _rule(scale, rule)
     group = q_base.shape[2] // k_base.shape[2]
     kb = k_base.repeat_interleave(group, 2)
     T = A.shape[-1]
-    S = scale * torch.einsum("bthd,bjhd->bhtj", q_src.float(), kb.float())
-    S = S.masked_fill(~_causal(T, S.device), torch.finfo(S.dtype).min)
+    S = _logits(rule, q_src, kb)
+    S = S.masked_fill(~visible(T, S.device, rule.window), torch.finfo(S.dtype).min)
     return ((S.softmax(-1) - A) * G).sum(-1).transpose(1, 2)
 
 
-def key_effects(q_base, k_base, k_src, A, G, scale) -> torch.Tensor:
+def key_effects(q_base, k_base, k_src, A, G, scale, rule: Optional[ScoreRule] = None) -> torch.Tensor:
     """[B, T, Hkv]: effect of replacing each key (one at a time) by its source value."""
+    rule = _rule(scale, rule)
     B, T, H, _ = q_base.shape
     Hk = k_base.shape[2]
     group = H // Hk
-    dk = (k_src - k_base).float().repeat_interleave(group, 2)
-    D = scale * torch.einsum("bthd,bjhd->bhtj", q_base.float(), dk)
+    kb, ks = (x.repeat_interleave(group, 2) for x in (k_base, k_src))
+    if rule.softcap:  # the cap is not linear in q.k: difference of the capped logits
+        D = _logits(rule, q_base, ks) - _logits(rule, q_base, kb)
+    else:
+        D = rule.scale * torch.einsum("bthd,bjhd->bhtj", q_base.float(), (ks - kb).float())
+    mask = ~visible(T, A.device, rule.window)
+    D = D.masked_fill(mask, 0.0)  # hidden keys: A = 0, and no 0 * inf
     E = A * torch.expm1(D)
     St = (A * G).sum(-1, keepdim=True)
     term = (E / (1 + E)) * (G - St)
-    term = term.masked_fill(~_causal(T, term.device), 0.0)
+    term = term.masked_fill(mask, 0.0)
     per_key = term.sum(2)  # sum over query rows t -> [B, H, T(key)]
     return per_key.view(B, Hk, group, T).sum(2).transpose(1, 2)
 
 
-def all_keys_effect(q_base, k_base, k_src, A, G, scale) -> torch.Tensor:
+def all_keys_effect(q_base, k_base, k_src, A, G, scale, rule: Optional[ScoreRule] = None) -> torch.Tensor:
     """[B, T, Hkv] with the JOINT effect of replacing every key of a head at position 0 (the
     per-key closed form would not add up to a joint patch)."""
+    rule = _rule(scale, rule)
     B, T, H, _ = q_base.shape
     Hk = k_base.shape[2]
     group = H // Hk
-    kb, ks = (x.float().repeat_interleave(group, 2) for x in (k_base, k_src))
-    mask = ~_causal(T, A.device)
-    S = (scale * torch.einsum("bthd,bjhd->bhtj", q_base.float(), ks)).masked_fill(mask, torch.finfo(torch.float32).min)
+    ks = k_src.repeat_interleave(group, 2)
+    mask = ~visible(T, A.device, rule.window)
+    S = _logits(rule, q_base, ks).masked_fill(mask, torch.finfo(torch.float32).min)
     joint = ((S.softmax(-1) - A) * G).sum((-1, -2))  # [B, H]
     out = torch.zeros(B, T, Hk, device=A.device)
     out[:, 0] = joint.view(B, Hk, group).sum(-1)

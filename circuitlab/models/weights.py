@@ -52,9 +52,18 @@ def b_out(model) -> torch.Tensor:
 
 def final_norm(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(gain, bias) of the final norm; bias is None for RMSNorm. Gemma-style offsets applied."""
-    ln = model.bridge.ln_final
+    gain, bias, _ = norm_affine(model.bridge.ln_final, model.norm == "LN")
+    return gain, bias
+
+
+def norm_affine(ln, centered: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+    """(gain, bias, centers) of a norm bridge: its output is gain * (x - [mean x]) / scale + bias
+    with ``scale`` its hook_scale. Gemma's 1 + weight convention applied; bias None for RMSNorm.
+    ``centered`` overrides whether it subtracts the mean (LayerNorm) or not (RMSNorm)."""
     w = ln.weight.detach()
     if getattr(ln, "uses_weight_offset", False):
         w = 1.0 + w
+    if centered is None:
+        centered = not getattr(ln, "uses_rms_norm", True)
     bias = getattr(ln.original_component, "bias", None)
-    return w, (bias.detach() if bias is not None and model.norm == "LN" else None)
+    return w, (bias.detach() if bias is not None and centered else None), bool(centered)
