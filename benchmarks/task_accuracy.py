@@ -10,6 +10,11 @@ metric on clean / corrupted prompts.
 
     python benchmarks/task_accuracy.py                       # SmolLM2-135M, 32 prompts per task
     python benchmarks/task_accuracy.py --model gpt2-zoo --n 32
+    python benchmarks/task_accuracy.py --first-token "<|endoftext|>"   # another document start
+
+Prompts start with the tokenizer's BOS (circuitlab.tasks.tokenize.bos_id). SmolLM2-Instruct
+names its chat marker <|im_start|> as BOS; ``--first-token`` measures the tasks with another
+first token (the pretraining document separator <|endoftext|>) for comparison.
 """
 
 from __future__ import annotations
@@ -71,19 +76,26 @@ def evaluate(model, task, cache: dict) -> dict:
 
 def main() -> None:
     import circuitlab as cl
+    from circuitlab.tasks.bundled import is_zoo
+    from circuitlab.tasks.tokenize import bos_id
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=SMOL, help="zoo name or Hugging Face folder (default: SmolLM2-135M)")
     p.add_argument("--n", type=int, default=32, help="prompts per task")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the machine may be shared)")
+    p.add_argument("--first-token", default=None, help="special token to put at position 0 instead of the BOS")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/task_accuracy_<model>.json)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     model = cl.load(a.model)
     short = Path(a.model).name
-    out = {"model": short, "n": a.n, "seed": a.seed, "zoo": cl.tasks.bundled.__globals__["is_zoo"](model),
+    first = None if a.first_token is None else model.tokenizer.convert_tokens_to_ids(a.first_token)
+    if first is not None and model.tokenizer.convert_ids_to_tokens(first) != a.first_token:
+        raise SystemExit(f"{a.first_token!r} is not a token of this tokenizer")
+    out = {"model": short, "n": a.n, "seed": a.seed, "zoo": is_zoo(model),
+           "first_token": a.first_token or model.tokenizer.convert_ids_to_tokens(bos_id(model.tokenizer)),
            "tasks": {}}
     cache: dict = {}
     for label, name, kw in TASKS:
@@ -94,12 +106,16 @@ def main() -> None:
             out["tasks"][label] = {"unavailable": str(e)}
             print(f"{label:22s} unavailable: {e}")
             continue
+        if first is not None:
+            task.clean_tokens[:, 0] = first
+            task.corrupt_tokens[:, 0] = first
         row = evaluate(model, task, cache)
         out["tasks"][label] = row
         print(f"{label:22s} pair {row['pair_acc']:.3f}  top1 {row['top1_acc']:.3f}  positive {row['positive']:.3f}  "
               f"{row['metric']} clean {row['clean']:.3f} corrupt {row['corrupt']:.3f}  ({time.perf_counter() - t:.1f}s)")
     out["seconds"] = round(time.perf_counter() - t0, 1)
-    path = Path(a.out or Path(__file__).parent / "results" / f"task_accuracy_{short}.json")
+    suffix = "" if a.first_token is None else "_first-" + "".join(c for c in a.first_token if c.isalnum())
+    path = Path(a.out or Path(__file__).parent / "results" / f"task_accuracy_{short}{suffix}.json")
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path} in {out['seconds']}s")
 

@@ -22,6 +22,7 @@ from circuitlab.tasks.real import greater_than_prompts as GT
 from circuitlab.tasks.real import induction_prompts as IND
 from circuitlab.tasks.real import ioi_prompts as IOI
 from circuitlab.tasks.real import lexicon as L
+from circuitlab.tasks.real.common import single_token_words
 from circuitlab.tasks.tokenize import encode, single_token, word_token
 
 SMOL = Path("/root/.cache/circuitlab/models/smollm2-135m")
@@ -280,7 +281,9 @@ def test_real_tasks_run_on_a_tiny_bpe_model(tmp_path, bpe):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({**spec, "tokenizer_class": "PreTrainedTokenizerFast"}))
     model = cl.load(str(tmp_path), device="cpu")
     assert model.name not in cl.zoo.list_models()
-    for name in cl.tasks.bundled.__globals__["BUNDLED"]:
+    from circuitlab.tasks.bundled import BUNDLED
+
+    for name in BUNDLED:
         kw = {"half_len": 6} if name == "induction" else {}
         task = cl.tasks.bundled(model, name, n=4, seed=0, **kw)
         v = metric_per_prompt(model, task.clean_tokens, task.metric)
@@ -296,3 +299,47 @@ def test_real_tasks_run_on_a_tiny_bpe_model(tmp_path, bpe):
         assert got == pytest.approx(truth, abs=1e-5)
     with pytest.raises(ValueError, match="unknown bundled task"):
         cl.tasks.bundled(model, "ioi2")
+
+
+# ------------------------------------------------------------------------- SmolLM2 (slow)
+@pytest.fixture(scope="module")
+def smol():
+    if not (SMOL / "config.json").exists():
+        pytest.skip(f"SmolLM2-135M is not converted at {SMOL}")
+    return cl.load(str(SMOL), device="cpu")
+
+
+def _scores(model, task) -> dict:
+    """Share of clean prompts with logit(answer) > logit(wrong), and the mean metric on clean
+    and corrupted prompts."""
+    from circuitlab.engine.forward import metric_per_prompt
+
+    with torch.no_grad():
+        logits = model.bridge(task.clean_tokens)
+    end = logits[torch.arange(len(task)), task.answer_pos]
+    pair = (end.gather(1, task.answer_ids[:, None]) > end.gather(1, task.wrong_ids[:, None])).float().mean()
+    return {"pair": float(pair), "clean": float(metric_per_prompt(model, task.clean_tokens, task.metric).mean()),
+            "corrupt": float(metric_per_prompt(model, task.corrupt_tokens, task.metric).mean())}
+
+
+@pytest.mark.slow
+def test_smollm2_vocabulary_suits_the_tasks(smol):
+    tok = smol.tokenizer
+    assert GT.year_format(tok) == "digit"  # SmolLM2 writes numbers one digit per token
+    assert len(F.usable_facts(tok, "capital")) >= 40
+    assert len(single_token_words(tok, L.IOI_NAMES)) >= 60
+
+
+@pytest.mark.slow
+def test_smollm2_solves_the_real_tasks(smol):
+    """Thresholds sit below what benchmarks/task_accuracy.py measured (16 prompts each here)."""
+    s = _scores(smol, cl.tasks.ioi(smol, n=16))
+    assert s["pair"] >= 0.9 and s["clean"] > 2.5 and abs(s["corrupt"]) < 1.0, s
+    s = _scores(smol, cl.tasks.greater_than(smol, n=16))
+    assert s["clean"] > 0.3 and s["clean"] - s["corrupt"] > 0.5, s
+    s = _scores(smol, cl.tasks.capitals(smol, n=16))
+    assert s["pair"] >= 0.9 and s["clean"] > 3 and s["corrupt"] < -3, s
+    s = _scores(smol, cl.tasks.counterfact(smol, n=16, target="memory"))
+    assert s["clean"] < s["corrupt"], s  # the false statement in context weakens the memorised answer
+    s = _scores(smol, cl.tasks.induction(smol, n=8))  # measured 6.5 vs 13.6 after <|im_start|>
+    assert s["clean"] < 8.0 and s["corrupt"] - s["clean"] > 4.0, s

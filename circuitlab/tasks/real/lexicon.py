@@ -16,7 +16,7 @@ Madison Marco Marcus Maria Mark Martin Mary Matthew Max Michael Michelle Morgan 
 Peter Prince Rachel Richard River Robert Roman Rose Ruby Russell Ryan Sarah Scott Sean Simon
 Stephen Steven Sullivan Taylor Thomas Tyler Victoria Warren William
 """.split())
-"""The 100 first names of Wang et al. (2022), "Interpretability in the Wild"."""
+"""First names of Wang et al. (2022), "Interpretability in the Wild"."""
 
 IOI_PLACES: tuple[str, ...] = ("store", "garden", "restaurant", "school", "hospital", "office",
                                "house", "station")
@@ -103,6 +103,11 @@ COUNTRIES: tuple[tuple[str, str, str | None], ...] = (
     ("Oman", "Muscat", "Arabic"), ("Yemen", "Sanaa", "Arabic"), ("Malta", "Valletta", None),
     ("Cyprus", "Nicosia", "Greek"), ("Slovenia", "Ljubljana", "Slovenian"), ("Slovakia", "Bratislava", "Slovak"),
     ("Albania", "Tirana", "Albanian"), ("Israel", "Jerusalem", "Hebrew"), ("Colombia", "Bogota", "Spanish"),
+    ("Jamaica", "Kingston", "English"), ("Scotland", "Edinburgh", None), ("Wales", "Cardiff", None),
+    ("Northern Ireland", "Belfast", None), ("the United States", "Washington", "English"),
+    ("the United Kingdom", "London", "English"), ("the Czech Republic", "Prague", "Czech"),
+    ("Kazakhstan", "Astana", None), ("Rwanda", "Kigali", None), ("Mozambique", "Maputo", "Portuguese"),
+    ("Bhutan", "Thimphu", None), ("Laos", "Vientiane", "Lao"), ("Moldova", "Chisinau", "Romanian"),
 )
 """(country, capital, official language; None where several languages are official).
 Countries with a two-word capital (Mexico City, New Delhi, Buenos Aires) are left out."""
