@@ -1,21 +1,28 @@
 """Integrated gradients (Sundararajan et al.; EAP-IG), two variants and five step rules.
 
 IG(n) = (n(x_source) - n(x_base)) . integral over alpha in [0, 1] of dL/dn at the interpolated
-point, the integral taken by a quadrature ``rule`` with ``steps`` = m nodes:
+point, the integral taken by a quadrature ``rule`` with ``steps`` = m nodes (alpha = 0 is the
+base prompt, alpha = 1 the source; weights sum to 1):
 
-- ``"right"`` (default): alpha = k/m, k = 1..m, equal weights 1/m. This is the rule of the
-  EAP-IG reference code (Hanna et al.) and Captum's ``method="riemann_right"``.
-- ``"left"``: alpha = k/m, k = 0..m-1 (Captum ``"riemann_left"``).
-- ``"midpoint"``: alpha = (k - 1/2)/m, k = 1..m (Captum ``"riemann_middle"``).
-- ``"trapezoid"``: alpha = k/(m-1), k = 0..m-1, end weights halved (Captum
-  ``"riemann_trapezoid"``; needs m >= 2).
-- ``"gauss-legendre"``: Gauss-Legendre nodes and weights mapped to [0, 1] (Captum's default,
-  ``"gausslegendre"``): exact for polynomial integrands of degree < 2m, so usually the most
-  accurate for a given m.
+- ``"right"`` (default): alpha = k/m, k = 1..m, equal weights. The rule of Hanna et al.'s
+  EAP-IG reference code for node scores and for IG on activations (and for EAP-IG-inputs edge
+  scores before its 2025 rewrite); Captum's ``method="riemann_right"``.
+- ``"left"``: alpha = k/m, k = 0..m-1. The rewritten EAP-IG-inputs edge code's rule; Captum's
+  ``"riemann_left"``.
+- ``"midpoint"``: alpha = (k - 1/2)/m, k = 1..m. Captum's ``"riemann_middle"``.
+- ``"trapezoid"``: alpha = k/(m-1), k = 0..m-1, the two end weights halved (m >= 2). Captum's
+  ``"riemann_trapezoid"`` uses the same nodes with weights summing to (m-1)/m, so its values
+  are (m-1)/m times these.
+- ``"gauss-legendre"``: Gauss-Legendre nodes and weights mapped to [0, 1]; exact for
+  integrands polynomial in alpha of degree < 2m. Captum's default, ``"gausslegendre"``.
 
 ``variant="inputs"`` (EAP-IG-inputs) interpolates the token embeddings: m forward+backward
-passes for all nodes at once. ``variant="activations"`` runs the base prompts and interpolates
-one site's activations (all positions) at a time: m passes per layer of the site family.
+passes for all nodes at once. ``variant="activations"`` runs the *base* prompts and
+interpolates one site's activations (all positions) at a time: m passes per layer of the site
+family, like exact patching in the same ``direction``. Captum's LayerIntegratedGradients and
+EAP-IG's IG on activations run the clean prompt and interpolate from corrupted to clean; for a
+site that is not a full cut that is this method with ``direction="noising"`` and the mirrored
+rule (alpha -> 1 - alpha: right <-> left), up to sign (Captum: minus; EAP-IG: equal).
 Completeness (the values summing to L(source) - L(base)) holds over a full cut, e.g. the
 residual stream at one layer over all positions, as m grows. The m steps run as batched copies.
 """
