@@ -58,7 +58,7 @@ def records(tokenizer, n: int, seed: int = 0, relation: str = "capital") -> list
     pairs = usable_facts(tokenizer, relation)
     require(pairs, 2, f"{relation} answers", tokenizer)
     check_known(tokenizer, [prompt(relation, t, pairs[0][0]) for t in range(len(TEMPLATES[relation]))])
-    r = rng(f"facts/{relation}", seed)
+    gen = rng(f"facts/{relation}", seed)
     lengths = {(t, s): len(tokenizer(prompt(relation, t, s), add_special_tokens=False)["input_ids"])
                for t in range(len(TEMPLATES[relation])) for s, _ in pairs}
     choices = []  # (template, fact, partners with the same prompt length and another object)
@@ -70,8 +70,8 @@ def records(tokenizer, n: int, seed: int = 0, relation: str = "capital") -> list
     require(choices, 1, f"{relation} facts with an equal-length partner", tokenizer)
     out = []
     for _ in range(n):
-        t, (s, o), partners = r.choice(choices)
-        s2, o2 = r.choice(partners)
+        t, (s, o), partners = gen.choice(choices)
+        s2, o2 = gen.choice(partners)
         out.append({"clean": prompt(relation, t, s), "corrupt": prompt(relation, t, s2),
                     "answer": f" {o}", "wrong": f" {o2}", "relation": relation, "subject": s,
                     "corrupt_subject": s2, "template": t})
@@ -89,14 +89,14 @@ def counterfact_records(tokenizer, n: int, seed: int = 0, relation: str = "capit
     objects = sorted({o for _, o in pairs})
     require(objects, 2, f"distinct {relation} answers", tokenizer)
     check_known(tokenizer, [prompt(relation, t, pairs[0][0]) for t in range(len(TEMPLATES[relation]))])
-    r = rng(f"counterfact/{relation}", seed)  # both targets score the same prompts
+    gen = rng(f"counterfact/{relation}", seed)  # both targets score the same prompts
     out = []
     for _ in range(100 * n):
         if len(out) == n:
             break
-        t = r.randrange(len(TEMPLATES[relation]))
-        s, true = r.choice(pairs)
-        fake = r.choice([o for o in objects if o != true])
+        t = gen.randrange(len(TEMPLATES[relation]))
+        s, true = gen.choice(pairs)
+        fake = gen.choice([o for o in objects if o != true])
         head = prompt(relation, t, s)
         clean, bad = f"{head} {fake}. {head}", f"{head} {true}. {head}"
         if not same_length(tokenizer, clean, bad):

@@ -83,19 +83,19 @@ def records(tokenizer, n: int, seed: int = 0, fmt: str = "auto") -> list[dict]:
     fmt = year_format(tokenizer) if fmt == "auto" else fmt
     nouns = single_token_words(tokenizer, L.GT_NOUNS)
     require(nouns, 1, "greater-than nouns", tokenizer)
-    r = rng("greater_than", seed)
+    gen = rng("greater_than", seed)
     out = []
     for _ in range(n):
-        noun, century = r.choice(nouns), r.choice(L.GT_CENTURIES)
+        noun, century = gen.choice(nouns), gen.choice(L.GT_CENTURIES)
         if fmt == "two_digit":
             years = year_tokens(tokenizer, century)
             starts = [y for y in range(2, 99) if {y - 1, y, y + 1, 1} <= years.keys()]
             require(starts, 1, f"two-digit years after {century}", tokenizer)
-            yy = r.choice(starts)
+            yy = gen.choice(starts)
             answer, wrong = years[yy + 1], years[yy - 1]
         else:
             digits = _digits_or_raise(tokenizer, century)
-            yy = r.randint(10, 89)
+            yy = gen.randint(10, 89)
             answer, wrong = digits[yy // 10 + 1], digits[yy // 10 - 1]
         clean = L.GT_TEMPLATE.format(noun=noun, century=century, yy=f"{yy:02d}")
         bad = L.GT_TEMPLATE.format(noun=noun, century=century, yy="01")

@@ -45,12 +45,12 @@ def records(tokenizer, n: int, seed: int = 0, half_len: int = 12, limit: int | N
     if half_len < 2 or 3 * half_len + 1 > len(pool):
         raise ValueError(f"half_len must be in [2, {(len(pool) - 1) // 3}] for this vocabulary "
                          f"({len(pool)} ordinary word tokens)")
-    r = rng("induction", seed)
+    gen = rng("induction", seed)
     out = []
     for _ in range(100 * n):
         if len(out) == n:
             break
-        drawn = r.sample(pool, 2 * half_len + 1)
+        drawn = gen.sample(pool, 2 * half_len + 1)
         ids, fresh = drawn[:half_len], drawn[half_len:]
         clean_ids, bad_ids = ids + ids[:-1], fresh[:half_len] + ids[:-1]
         clean, bad = tokenizer.decode(clean_ids), tokenizer.decode(bad_ids)

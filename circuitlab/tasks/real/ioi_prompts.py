@@ -35,14 +35,14 @@ def records(tokenizer, n: int, seed: int = 0, corrupt: str = "abc") -> list[dict
     objects = single_token_words(tokenizer, L.IOI_OBJECTS)
     require(places, 1, "IOI places", tokenizer)
     require(objects, 1, "IOI objects", tokenizer)
-    r = rng("ioi", seed)
+    gen = rng("ioi", seed)
     out = []
     for i in range(n):
         tid = (i // 2) % len(L.IOI_TEMPLATES)
         template = L.IOI_TEMPLATES[tid]
         order = "ABBA" if i % 2 == 0 else "BABA"
-        io, s, a, b, c = r.sample(names, 5)
-        slots = {"PLACE": r.choice(places), "OBJECT": r.choice(objects)}
+        io, s, a, b, c = gen.sample(names, 5)
+        slots = {"PLACE": gen.choice(places), "OBJECT": gen.choice(objects)}
         n1, n2 = (io, s) if order == "ABBA" else (s, io)
         clean_slots = dict(slots, N1=n1, N2=n2, S=s)
         if corrupt == "abc":
