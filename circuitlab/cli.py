@@ -116,7 +116,7 @@ def cmd_zoo(a) -> None:
 
 
 EXAMPLES = {
-    "demo": "examples:\n  circuitlab demo\n  circuitlab demo --task capitals --out my_report",
+    "demo": "examples:\n  circuitlab demo\n  circuitlab demo --model smollm2-135m --n 16\n  circuitlab demo --model gpt2-zoo --task capitals --out my_report",
     "sweep": "examples:\n  circuitlab sweep --task ioi --sites heads,mlp_out --method exact --out runs/ioi\n"
              "  torchrun --nproc_per_node 2 -m circuitlab.cli sweep --task ioi --sites heads --method atp* --out runs/ddp\n"
              "  circuitlab sweep --model gpt2-zoo --task pairs.jsonl --sites resid_pre --method exact,atp* --out runs/x",
@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="run `circuitlab COMMAND --help` for examples", formatter_class=fmt)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    d = sub.add_parser("demo", help="full analysis of a bundled model -> HTML report", epilog=EXAMPLES["demo"], formatter_class=fmt)
-    d.add_argument("--model", default=None, help="zoo name, HF folder or hub id (default: the bundled GPT-2)")
+    d = sub.add_parser("demo", help="full analysis of a model -> HTML report", epilog=EXAMPLES["demo"], formatter_class=fmt)
+    d.add_argument("--model", default=None, help="fetched model, zoo name, HF folder or hub id (default: smollm2-135m "
+                   "when fetched, else the bundled GPT-2)")
     d.add_argument("--task", default=None, help="bundled task (ioi, capitals, greater_than, induction) or JSONL (default: ioi and capitals)")
     d.add_argument("--out", default="circuitlab_demo", help="output folder")
     d.add_argument("--n", type=int, default=32, help="prompts per task")

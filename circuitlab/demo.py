@@ -1,7 +1,8 @@
 """``circuitlab demo``: the analysis a researcher would run first, as one HTML report.
 
-IOI and capitals on the bundled GPT-2: direct logit attribution by layer and head, the logit
-lens, exact patching of the residual stream and of every head, and the fast estimators (AtP*,
+IOI and capitals on a real pretrained model (SmolLM2-135M once `circuitlab models fetch
+smollm2-135m` has run; the bundled GPT-2 otherwise): head detectors, direct logit attribution by
+layer and head, the logit lens, exact patching of the residual stream and of every head, and the fast estimators (AtP*,
 RelP) beside exact patching with their agreement. Sections for sparse-coder latents and
 attribution graphs are added when those packages and their bundled coders are installed.
 """
@@ -128,6 +129,13 @@ def _optional_sections():
     return out
 
 
+def default_model() -> Optional[str]:
+    """The real SmolLM2-135M when it has been fetched, else None (the bundled GPT-2)."""
+    from circuitlab.models.fetch import is_fetched
+
+    return "smollm2-135m" if is_fetched("smollm2-135m") else None
+
+
 def run_demo(model: Optional[str] = None, task: Optional[str] = None, out: str | Path = "circuitlab_demo", n: int = 32) -> Path:
     from circuitlab.cli import _load_model, _task
     from circuitlab.viz.report import Report
@@ -137,7 +145,7 @@ def run_demo(model: Optional[str] = None, task: Optional[str] = None, out: str |
     t0 = time.perf_counter()
     tasks = [task] if task else ["ioi", "capitals"]
     steps = tqdm(total=1 + 3 * len(tasks), desc="demo")
-    m = _load_model(model)
+    m = _load_model(model if model is not None else default_model())
     steps.update(1)
     report = Report(f"circuitlab demo: {m.name}")
     head_kinds = head_kinds_section(m, report)

@@ -16,7 +16,7 @@ SECTIONS = ["Head detectors", "direct logit attribution and logit lens", "exact 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    run_demo(out=out, n=12)
+    run_demo(model="gpt2-zoo", out=out, n=12)
     return out
 
 

@@ -12,6 +12,10 @@ def demo_section(model, task, report, out: Path, label: str, summary: dict) -> N
 
     folder = find_transcoders(model.name)
     if folder is None:
+        report.add(f"{label}: attribution graph (skipped)",
+                   f"No transcoders ship for {model.name}. Train one per layer with `circuitlab train "
+                   "CONFIG.toml` (a transcoder config from saes/configs/ with `model = ` set to this model), "
+                   "then draw graphs with `circuitlab graph --transcoders RUN_FOLDER`.")
         return
     from circuitlab.graphs.attribute import GraphConfig, attribute
     from circuitlab.graphs.export import write_neuronpedia

@@ -33,6 +33,10 @@ def demo_section(model, task, report, out, label, summary) -> None:
 
     coder = find_coder(model.name)
     if coder is None:
+        report.add(f"{label}: sparse-autoencoder latents (skipped)",
+                   f"No sparse autoencoder ships for {model.name}. Train residual-stream SAEs for it with "
+                   "`circuitlab train CONFIG.toml` (examples in saes/configs/, with `model = ` set to this "
+                   "model) and analyse their latents with `cl.patch(..., sites=\"latents\", coders=[...])`.")
         return
     hook = coder.cfg.hooks_in[0]
     b = torch.arange(len(task))
