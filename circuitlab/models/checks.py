@@ -43,6 +43,7 @@ def check_finite_weights(model) -> None:
     for name, p in model.bridge.original_model.named_parameters():
         if p.is_floating_point() and not bool(torch.isfinite(p).all()):
             bad = int((~torch.isfinite(p)).sum())
+            name = name.replace("._original_component", "").replace("_original_component.", "")
             raise ValueError(
                 f"model {model.name!r}: parameter {name} holds {bad} NaN/inf value(s) in "
                 f"{p.dtype}. The weights file is corrupted, or the values overflow this dtype "

@@ -232,6 +232,10 @@ def _looks_like_path(name: str) -> bool:
     return name.count("/") > 1 or name.endswith("/")
 
 
+_ENCODER_HEADS = ("ForMaskedLM", "ForSequenceClassification", "ForTokenClassification",
+                  "ForQuestionAnswering", "ForMultipleChoice", "ForPreTraining")
+
+
 def _check_architecture(path: Path) -> None:
     """Refuse, before loading weights, models circuitlab's methods cannot run on."""
     import json
@@ -240,12 +244,18 @@ def _check_architecture(path: Path) -> None:
         cfg = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"{path / 'config.json'} is not readable JSON ({e})") from e
+    archs = cfg.get("architectures") or []
+    arch = ", ".join(archs) or cfg.get("model_type", "?")
+    kind = None
     if cfg.get("is_encoder_decoder"):
-        arch = ", ".join(cfg.get("architectures") or []) or cfg.get("model_type", "?")
+        kind = "an encoder-decoder model"
+    elif archs and all(a.endswith(_ENCODER_HEADS) for a in archs):
+        kind = "a bidirectional encoder (masked LM or classifier), not a causal LM"
+    if kind:
         raise ValueError(
-            f"{path} holds an encoder-decoder model ({arch}, model_type "
-            f"{cfg.get('model_type')!r}); circuitlab works on decoder-only language models "
-            "(GPT-2, Llama, Gemma, Qwen, GPT-NeoX, ...) with a single stack of blocks"
+            f"{path} holds {kind} ({arch}, model_type {cfg.get('model_type')!r}); circuitlab "
+            "works on decoder-only causal language models (GPT-2, Llama, Gemma, Qwen, GPT-NeoX, "
+            "...) with a single stack of blocks"
         )
 
 
