@@ -230,3 +230,15 @@ def test_atomic_folder_replaces_in_one_step(tmp_path, monkeypatch, exchange):
     with pytest.raises(ValueError, match="not a folder"):
         with io.atomic_folder(tmp_path / "file"):
             pass
+
+
+def test_circuit_files_keep_dotted_names(tmp_path):
+    """Circuits, faithfulness curves and edge scores named with dots (``lr0.1``) do not overwrite
+    each other: only a .json/.safetensors ending is taken for a suffix."""
+    from circuitlab.circuits.circuit import Circuit
+
+    a, b = Circuit("nodes", {"L0.H1"}), Circuit("nodes", {"L1.H2", "embed"})
+    pa, pb = a.save(tmp_path / "ioi_lr0.1"), b.save(tmp_path / "ioi_lr0.2")
+    assert pa != pb
+    assert Circuit.load(tmp_path / "ioi_lr0.1").items == a.items
+    assert Circuit.load(tmp_path / "ioi_lr0.2.json").items == b.items

@@ -18,7 +18,7 @@ from typing import Union
 import torch
 
 from circuitlab.circuits.scores import EdgeScores
-from circuitlab.result import Result, atomic_write
+from circuitlab.result import Result, atomic_write, result_files
 
 Scores = Union[EdgeScores, Result, dict]
 
@@ -55,14 +55,14 @@ class Circuit:
         return out
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path).with_suffix(".json")
+        path = result_files(path)[0]
         text = json.dumps({"format": "circuitlab.circuit/1", "kind": self.kind, "items": sorted(self.items)}, indent=1)
         atomic_write(path, lambda p: Path(p).write_text(text))
         return path
 
     @staticmethod
     def load(path: str | Path) -> "Circuit":
-        path = Path(path).with_suffix(".json")
+        path = result_files(path)[0]
         if not path.exists():
             raise FileNotFoundError(f"no circuit file {path}")
         info = json.loads(path.read_text())

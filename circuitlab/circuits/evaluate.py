@@ -23,7 +23,7 @@ from circuitlab.engine.ablation import edge_ablation_hooks, replace_hook
 from circuitlab.engine.cache import capture
 from circuitlab.engine.edges import Readers, sender_hooks, writes_from_cache
 from circuitlab.engine.forward import final_logits, gather_positions, run_to_final
-from circuitlab.result import atomic_write
+from circuitlab.result import atomic_write, result_files
 
 ABLATIONS = ("resample", "mean")
 
@@ -234,14 +234,14 @@ class FaithfulnessCurve:
         return d
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path).with_suffix(".json")
+        path = result_files(path)[0]
         text = json.dumps(self.to_dict(), indent=1, default=str)
         atomic_write(path, lambda p: Path(p).write_text(text))
         return path
 
     @staticmethod
     def load(path: str | Path) -> "FaithfulnessCurve":
-        d = json.loads(Path(path).with_suffix(".json").read_text())
+        d = json.loads(result_files(path)[0].read_text())
         if d.pop("format", None) != "circuitlab.faithfulness/1":
             raise ValueError(f"{path} is not a circuitlab faithfulness curve")
         sc = d.pop("smallest_circuit")

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import torch
 
 from circuitlab.circuits.graph import ComponentGraph, Receiver, Sender
-from circuitlab.result import Cost, atomic_write
+from circuitlab.result import Cost, atomic_files, result_files
 
 FORMAT = "circuitlab.edges/1"
 
@@ -82,7 +82,7 @@ class EdgeScores:
         return pd.DataFrame({"edge": labels, "value": v.tolist()})
 
     def save(self, path: str | Path) -> Path:
-        """``path``.safetensors (values, mask) and ``path``.json (the rest), each written atomically."""
+        """``path``.safetensors (values, mask) and ``path``.json (the rest), written together or not at all."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -90,25 +90,26 @@ class EdgeScores:
         info = {"format": FORMAT, "senders": self.senders, "receivers": self.receivers, "method": self.method,
                 "direction": self.direction, "metric": self.metric, "baseline": self.baseline,
                 "positions": self.positions, "cost": vars(self.cost), "meta": self.meta}
-        atomic_write(path.with_suffix(".safetensors"), lambda p: save_file(tensors, str(p)))
-        atomic_write(path.with_suffix(".json"), lambda p: Path(p).write_text(json.dumps(info, indent=1, default=str)))
-        return path.with_suffix(".json")
+        js, st = result_files(path)
+        with atomic_files(js, st) as (js_tmp, st_tmp):
+            save_file(tensors, str(st_tmp))
+            Path(js_tmp).write_text(json.dumps(info, indent=1, default=str))
+        return js
 
     @staticmethod
     def load(path: str | Path) -> "EdgeScores":
         from safetensors.torch import load_file
 
-        path = Path(path)
-        js = path.with_suffix(".json")
+        js, st = result_files(path)
         if not js.exists():
             raise FileNotFoundError(f"no edge-score file {js}")
         info = json.loads(js.read_text())
         if info.get("format") != FORMAT:
             raise ValueError(f"{js} is not a circuitlab edge-score file")
         try:
-            t = load_file(str(path.with_suffix(".safetensors")))
+            t = load_file(str(st))
         except Exception as e:
-            raise ValueError(f"{path.with_suffix('.safetensors')} is not a readable safetensors file ({e})") from e
+            raise ValueError(f"{st} is not a readable safetensors file ({e})") from e
         return EdgeScores(t["values"], info["senders"], info["receivers"], t["mask"], info["method"],
                           info["direction"], info["metric"], info["baseline"], info["positions"],
                           Cost(**info["cost"]), info["meta"])
