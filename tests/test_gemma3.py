@@ -123,7 +123,36 @@ def _brute_force(model, toks, layer, name, pos, head, value, A, G):
 
 @pytest.mark.parametrize("layer", [0, 1])  # sliding, global
 def test_qk_fix_equals_rerunning_the_model(gemma3, task, layer):
-    m = gemma3
+    _check_qk_fix(gemma3, task, layer)
+
+
+def test_qk_fix_with_attention_soft_capping(tmp_path):
+    """Gemma-2 caps attention logits (c tanh(s / c)); a small cap makes it matter."""
+    import transformers as tf
+
+    cfg = tf.Gemma2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                          max_position_embeddings=64, sliding_window=WINDOW, attn_logit_softcapping=1.5,
+                          query_pre_attn_scalar=1,
+                          bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(1)
+    hf = tf.Gemma2ForCausalLM(cfg)
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.dim() >= 2:
+                p.mul_(3.0)
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    write_tokenizer(tmp_path)
+    m = cl.load(str(tmp_path), device="cpu")
+    rule = qk_fix.score_rule(m, 0)
+    assert rule.softcap == 1.5 and rule.window == WINDOW
+    with pytest.warns(UserWarning):
+        task = cl.tasks.from_pairs(m, IOI_PAIRS)
+    _check_qk_fix(m, task, 0)
+    assert abs(cl.dla(m, task, "head").meta["total"] - cl.dla(m, task, "head").baseline) < 1e-4
+
+
+def _check_qk_fix(m, task, layer):
     qn, kn = qk_fix.rotated_names(m, layer)
     assert qn.endswith("hook_rot_q")  # after QK-norm and rotary embeddings: what attention uses
     pat = f"blocks.{layer}.attn.hook_pattern"

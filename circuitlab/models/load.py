@@ -1,4 +1,5 @@
-"""``circuitlab.load``: a bundled zoo name, a local Hugging Face folder, or a hub name."""
+"""``circuitlab.load``: a fetched or bundled model, a local Hugging Face folder, a
+TransformerLens short name or a hub id, in any floating dtype; checked before use."""
 
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ def load(
     if device is None and device_map is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     path = _resolve(name)
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise ValueError(f"revision must be a hub branch, tag or commit string (e.g. 'step1000'), got {revision!r}")
     if revision is not None and isinstance(path, Path):
         raise ValueError(f"revision={revision!r} selects a hub version, but {name!r} is a local "
                          "folder; drop revision or pass a hub id")
