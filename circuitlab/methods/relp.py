@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from circuitlab.methods.atp import atp_scores
 from circuitlab.methods.attribution import make_result, node_values, prepare
-from circuitlab.methods.relp_rules import relp_hooks
+from circuitlab.methods.relp_rules import final_norm_rule, relp_hooks
 from circuitlab.result import Result
 
 REFUSED_WITH_PATTERN_RULE = ("q", "k", "q_all", "k_all", "pattern")
@@ -27,6 +27,7 @@ def relp(model, task, sites: str = "mlp_out", direction: str = "denoising",
             "resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads, heads_all, v, v_all, neurons")
     t0 = time.perf_counter()
     base, src, grid = prepare(model, task, sites, direction, positions, layers)
-    scores, baseline = atp_scores(model, task, base, src, grid, extra_hooks=relp_hooks(model, attention))
+    with final_norm_rule(model):
+        scores, baseline = atp_scores(model, task, base, src, grid, extra_hooks=relp_hooks(model, attention))
     values = node_values(grid.nodes, scores, task.roles, base.shape[0])
     return make_result(grid, values, "relp", sites, direction, task, baseline, t0, 2, 1, meta={"attention_rule": attention})

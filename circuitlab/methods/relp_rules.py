@@ -3,7 +3,11 @@
 Every rule has the form ``backward_rule(y, s)``: the forward value is the model's own output
 ``y`` (bit-identical), the backward pass is the gradient of a surrogate ``s``:
 
-- norms (LN-rule): the normaliser is a constant, s = (x - mean) / scale.detach() * w + b;
+- norms (LN-rule): the normaliser is a constant, s = (x - mean) / scale.detach() * w + b
+  (RMSNorm: no mean). The final norm is applied to the read positions after the run's hooks
+  are gone, so its rule is attached for a whole computation by :func:`final_norm_rule`;
+  without it the plain gradient of the final norm (which maps x to ~0: an RMSNorm is scale
+  invariant) would cancel the relevance of every node;
 - activations (identity rule): s = x * (act(x) / x).detach();
 - gated products act(gate) * up (half rule): each factor gets half the gradient;
 - attention, ``attention="pattern"`` (CP-LRP / AH rule): the pattern is a constant, so query
@@ -18,28 +22,46 @@ works (a pitfall of the reference fork).
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 from circuitlab.engine.gradients import backward_rule
+from circuitlab.engine.hooks import scoped_hooks
 
 ATTENTION_RULES = ("pattern", "attnlrp")
 
 
 def _norm_hooks(bridge, path: str):
-    """LN-rule at one norm: its forward output, the gradient with the normaliser held constant."""
-    from circuitlab.engine.frozen import apply_norm, norm_params, norm_scale
+    """LN-rule at one norm: its forward output, the gradient with the normaliser held constant.
+
+    The input is read back as normalized * scale at the norm's own inner hooks, which fire after
+    every hook on ``hook_in``: a differentiable handle placed there later (the resid_mid site
+    is the second norm's input) then stays on the path that carries the rule's gradient."""
+    from circuitlab.engine.frozen import norm_params
 
     p = norm_params(bridge, path)
     state = {}
 
-    def take_input(x):
-        state["x"] = x
+    def take_scale(scale):
+        state["scale"] = scale
+
+    def take_normalized(n):
+        state["n"] = n
 
     def rule(y):
-        x = state.pop("x")
-        return backward_rule(y, apply_norm(p, x, norm_scale(p, x).detach()).to(y.dtype))
+        n, scale = state.pop("n"), state.pop("scale")
+        centred = n * scale  # (x - mean) for LayerNorm, x for RMSNorm, connected to the input
+        s = centred.float() / scale.detach().float()
+        if p.weight is not None:
+            s = s * p.weight.float()
+        if p.bias is not None:
+            s = s + p.bias.float()
+        return backward_rule(y, s.to(y.dtype))
 
-    return [(f"{path}.hook_in", take_input), (f"{path}.hook_out", rule)]
+    return [(f"{path}.hook_scale", take_scale), (f"{path}.hook_normalized", take_normalized),
+            (f"{path}.hook_out", rule)]
 
 
 def _ratio(y, x):
@@ -94,7 +116,7 @@ def relp_hooks(model, attention: str = "pattern") -> list:
     bridge = model.bridge
     hooks = []
     for k in bridge.hook_dict:
-        if k.endswith(".hook_scale"):
+        if k.endswith(".hook_scale") and k != "ln_final.hook_scale":  # see final_norm_rule
             hooks += _norm_hooks(bridge, k[: -len(".hook_scale")])
     for l in range(model.n_layers):
         hooks += _mlp_hooks(bridge, l)
@@ -104,3 +126,13 @@ def relp_hooks(model, attention: str = "pattern") -> list:
             hooks += [(f"blocks.{l}.attn.hook_pattern", _scale_grad(0.5)), (f"blocks.{l}.attn.hook_v", _scale_grad(0.5)),
                       (f"blocks.{l}.attn.hook_q", _scale_grad(0.5)), (f"blocks.{l}.attn.hook_k", _scale_grad(0.5))]
     return hooks
+
+
+@contextlib.contextmanager
+def final_norm_rule(model) -> Iterator[None]:
+    """The LN-rule at the final norm for everything run inside the block (forward values
+    unchanged). Use it around any computation that reads logits under :func:`relp_hooks`."""
+    bridge = model.bridge
+    hooks = _norm_hooks(bridge, "ln_final") if "ln_final.hook_scale" in bridge.hook_dict else []
+    with scoped_hooks(bridge, hooks):
+        yield
