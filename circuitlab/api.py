@@ -54,7 +54,8 @@ def patch(model, task, sites: str | Sequence[str] = "resid_pre", method: str = "
 
     exact: batched activation patching (ground truth); atp: attribution patching; atp*: AtP
     with the QK fix and GradDrop ranking; relp: AtP with LRP rules; ig: integrated gradients
-    (``variant='inputs'|'activations'``, ``steps=m``). See circuitlab.methods.grid for sites.
+    (``variant='inputs'|'activations'``, ``steps=m``, ``rule='right'|'left'|'midpoint'|
+    'trapezoid'|'gauss-legendre'``; see circuitlab.methods.ig). See circuitlab.methods.grid for sites.
     A list of site families returns ``{family: Result}``; for atp* the families share one
     forward and one backward pass.
     """

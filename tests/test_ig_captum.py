@@ -126,7 +126,7 @@ def embeddings(hf, tokens: torch.Tensor) -> torch.Tensor:
     return hf.get_input_embeddings()(tokens).detach()
 
 
-def logit_diff_fn(hf, task, tokens_for_run=None):
+def logit_diff_fn(hf, task):
     """embeds [rows, T, d] -> logit(answer) - logit(wrong) per row; rows cycle over the prompts
     (Captum stacks the steps as [step0 prompts, step1 prompts, ...])."""
     last, ans, wrong = task.lengths - 1, task.answer_ids, task.wrong_ids
