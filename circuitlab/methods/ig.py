@@ -106,6 +106,7 @@ def ig(model, task, sites: str = "resid_pre", direction: str = "denoising",
     if variant not in VARIANTS:
         raise ValueError(f"unknown IG variant {variant!r}; choose from {VARIANTS}")
     alphas, weights = quadrature(rule, steps)
+    steps = int(steps)
     t0 = time.perf_counter()
     base, src, grid = prepare(model, task, sites, direction, positions, layers)
     hooks = sorted({n.hook for n in grid.nodes})
