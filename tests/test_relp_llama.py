@@ -239,7 +239,7 @@ def _ruled_llama_resids(model, tokens):
     def norm(x, mod):
         return x / _rms_scale(x, mod).detach() * mod.weight
 
-    x, resids = hf.embed_tokens.weight[tokens], []
+    x, resids = hf.embed_tokens.weight[tokens].requires_grad_(True), []
     for blk in hf.layers:
         resids.append(x)
         a = blk.self_attn
