@@ -122,8 +122,11 @@ def _cache_from(model, past):
 
     cache = new_kv_cache(model)
     for i, (k, v) in enumerate(past):
+        layers = getattr(cache, "layers", None)
+        if isinstance(layers, list) and i == len(layers):
+            layers.append(DynamicLayer())  # what the cache would create on its first update
         if i >= len(getattr(cache, "layers", ())):
-            cache.update(k, v, i)  # creates the layer (a plain DynamicLayer) with a copy
+            cache.update(k, v, i)
             continue
         layer = cache.layers[i]
         if type(layer) is DynamicLayer and hasattr(layer, "is_initialized"):

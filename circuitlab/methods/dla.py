@@ -77,9 +77,8 @@ def _dla(model, task, by, tokens, toks, names, has_pos, t0) -> Result:
     gain, nbias = weights.final_norm(model)
     WU, bU = weights.W_U(model), weights.b_U(model)
     dW = (WU[:, task.answer_ids] - WU[:, task.wrong_ids]).T  # [B, d]
-    u = gain * dW  # the final norm's gain folded into the readout
     acc = torch.promote_types(torch.float32, model.dtype)  # bf16/fp16 models sum in float32
-    u = u.to(acc)
+    u = gain.to(acc) * dW.to(acc)  # the final norm's gain folded into the readout
     sigma = at(c["ln_final.hook_scale"]).to(acc)  # [B, 1]
     center = model.norm == "LN"
 
