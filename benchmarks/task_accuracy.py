@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-SMOL = "/root/.cache/circuitlab/models/smollm2-135m"
 TASKS = (
     ("ioi_abc", "ioi", {"corrupt": "abc"}),
     ("ioi_s2", "ioi", {"corrupt": "s2"}),
@@ -80,7 +79,7 @@ def main() -> None:
     from circuitlab.tasks.tokenize import bos_id
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=SMOL, help="zoo name or Hugging Face folder (default: SmolLM2-135M)")
+    p.add_argument("--model", default="smollm2-135m", help="fetched model, zoo name or Hugging Face folder")
     p.add_argument("--n", type=int, default=32, help="prompts per task")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (the machine may be shared)")
