@@ -6,14 +6,17 @@ Every rule has the form ``backward_rule(y, s)``: the forward value is the model'
 - norms (LN-rule): the normaliser is a constant, s = (x - mean) / scale.detach() * w + b
   (RMSNorm: no mean). The final norm is applied to the read positions after the run's hooks
   are gone, so its rule is attached for a whole computation by :func:`final_norm_rule`;
-  without it the plain gradient of the final norm (which maps x to ~0: an RMSNorm is scale
-  invariant) would cancel the relevance of every node;
+  without it the final norm would pass its plain gradient, which is orthogonal to its input
+  (a norm is scale invariant), so input x gradient at every cut would sum to ~0 instead of
+  the output;
 - activations (identity rule): s = x * (act(x) / x).detach();
 - gated products act(gate) * up (half rule): each factor gets half the gradient;
 - attention, ``attention="pattern"`` (CP-LRP / AH rule): the pattern is a constant, so query
   and key nodes get no attribution and are refused; ``attention="attnlrp"``: gradients through
   the pattern and the values are halved (A V product) and through queries and keys halved
-  again (q k product), keeping the softmax gradient;
+  again (q k product), keeping the softmax gradient. RoPE is linear and gets the plain
+  gradient; under grouped-query attention a shared key/value head sums the gradients of the
+  query heads that read it, as any input read twice does;
 - linear maps: the plain gradient (LRP-0).
 
 Rules are chosen when a run starts, from the loaded modules, so enabling RelP after loading
