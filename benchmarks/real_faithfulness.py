@@ -25,7 +25,7 @@ import torch
 
 import circuitlab as cl
 
-FAMILIES = ["heads", "q", "k", "v", "attn_out", "mlp_out", "resid_pre"]
+FAMILIES = ["attn_out", "mlp_out", "resid_pre", "heads", "q", "k", "v"]
 ESTIMATORS = [
     ("atp", {}),
     ("atp*", {}),
@@ -48,9 +48,9 @@ def _round(x, nd=3):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), nd)
 
 
-def run_task(model, task, families, estimators, log) -> list[dict]:
+def run_task(model, task, families, estimators, log, rows: list) -> list[dict]:
+    """Append one row per (family, estimator) to ``rows`` as each is measured."""
     positions = list(task.roles)
-    rows = []
     for fam in families:
         exact = cl.patch(model, task, fam, method="exact", positions=positions, progress=False)
         rows.append({"task": task.name, "sites": fam, "method": "exact", "nodes": len(exact.flat),
@@ -90,19 +90,27 @@ def main() -> None:
     model = cl.load(a.model)
     rows, tasks = [], {}
     t0 = time.perf_counter()
+
+    def save(done: bool) -> None:  # after every measurement, so a long run can be read as it goes
+        out = {"model": a.model, "n": a.n, "direction": "denoising", "complete": done,
+               "weights": "dequantized 4-bit GGUF weights, not the published bf16 checkpoint",
+               "tasks": tasks, "rows": rows, "total_seconds": round(time.perf_counter() - t0, 1)}
+        if a.out:
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.out).write_text(json.dumps(out, indent=1, default=str) + "\n")
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        save(False)
+
     for tname in a.tasks.split(","):
         task = cl.tasks.bundled(model, tname, n=a.n, seed=0)
         tasks[task.name] = {"roles": list(task.roles), "prompts": len(task),
                             "example": task.prompts[0] if task.prompts else None}
         chosen = [(m, kw) for m, kw in ESTIMATORS if m in a.methods.split(",")]
-        rows += run_task(model, task, a.families.split(","), chosen, print)
-    out = {"model": a.model, "n": a.n, "direction": "denoising",
-           "weights": "dequantized 4-bit GGUF weights, not the published bf16 checkpoint",
-           "tasks": tasks, "rows": rows, "total_seconds": round(time.perf_counter() - t0, 1)}
+        run_task(model, task, a.families.split(","), chosen, log, rows)
+    save(True)
     print(markdown(rows))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(out, indent=1, default=str) + "\n")
 
 
 def markdown(rows: list[dict]) -> str:
