@@ -42,7 +42,11 @@ def compare(estimate: Result, reference: Result, k: int = 10) -> dict:
     if estimate.direction != reference.direction:
         raise ValueError(f"direction mismatch: {estimate.direction} vs {reference.direction}; compare "
                          "estimates against exact patching in the same direction")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k (how many top nodes to recall) must be a whole number >= 1, not {k!r}")
     e, r = estimate.flat.double(), reference.flat.double()
+    if len(r) == 0:
+        raise ValueError("the results have no nodes to compare")
     k = min(k, len(r))
     big = r.abs() > 0.01 * r.abs().max()
     order = estimate.extras.get("rank_score", estimate.values.abs()).flatten().argsort(descending=True)

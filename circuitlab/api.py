@@ -59,39 +59,75 @@ def patch(model, task, sites: str | Sequence[str] = "resid_pre", method: str = "
     A list of site families returns ``{family: Result}``; for atp* the families share one
     forward and one backward pass.
     """
+    from circuitlab.validate import check_choice, check_context, check_options
+
+    check_choice("method", method, METHODS)
+    check_choice("direction", direction, ("denoising", "noising"))
+    check_context(model, task)
+    task.check_positions(positions)
     if not isinstance(sites, str):
+        sites = list(sites)
+        if not sites:
+            raise ValueError("sites is an empty list; name at least one site family (e.g. ['heads'])")
+        for s in sites:  # every family and option is checked before the first one runs
+            check_sites(s, method, kwargs)
         if method == "atp*":
             from circuitlab.methods.atp_star import atp_star_sites
 
-            return atp_star_sites(model, task, list(sites), direction, positions, **kwargs)
+            return atp_star_sites(model, task, sites, direction, positions, **kwargs)
         return {s: patch(model, task, s, method, direction, positions, **kwargs) for s in sites}
+    check_sites(sites, method, kwargs)
     if sites == "latents":  # sparse-coder latents spliced into the model (circuitlab.sparse)
         from circuitlab.sparse.attribution import patch_latents
 
-        if "coders" not in kwargs:
-            raise ValueError("sites='latents' needs coders=[...] (sparse coders to splice in, e.g. from "
-                             "circuitlab.sparse.load_coder)")
+        kwargs = dict(kwargs)
         return patch_latents(model, task, kwargs.pop("coders"), method, direction, positions, **kwargs)
+    return _method_fn(method)(model, task, sites, direction, positions, **kwargs)
+
+
+def _method_fn(method: str):
     from circuitlab.methods import atp, atp_star, exact, ig, relp
 
-    fns = {"exact": exact.exact, "atp": atp.atp, "atp*": atp_star.atp_star, "relp": relp.relp, "ig": ig.ig}
-    if method not in fns:
-        raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-    return fns[method](model, task, sites, direction, positions, **kwargs)
+    return {"exact": exact.exact, "atp": atp.atp, "atp*": atp_star.atp_star, "relp": relp.relp, "ig": ig.ig}[method]
+
+
+def check_sites(sites, method: str, options: dict) -> None:
+    """``sites`` names a site family and ``options`` are all declared by ``method``'s function."""
+    from circuitlab.methods.grid import SITE_SPECS
+    from circuitlab.validate import check_choice, check_options
+
+    if not isinstance(sites, str):
+        raise ValueError(f"a site family is a string like 'heads', not {sites!r}")
+    if sites == "latents":
+        from circuitlab.sparse.attribution import patch_latents
+
+        if "coders" not in options:
+            raise ValueError("sites='latents' needs coders=[...] (sparse coders to splice in, e.g. from "
+                             "circuitlab.sparse.load_coder)")
+        check_options(patch_latents, options, method, exclude=("model", "task", "method", "direction", "positions"))
+        return
+    check_choice("sites", sites, [*SITE_SPECS, "latents"])
+    check_options(_method_fn(method), options, method)
 
 
 @_exclusive_call
 def dla(model, task, by: str = "head", tokens: str = "clean") -> Result:
     """Direct logit attribution by 'layer', 'head', 'neuron' or 'source' (see methods.dla)."""
     from circuitlab.methods.dla import dla as _dla
+    from circuitlab.validate import check_choice, check_context
 
+    check_choice("tokens", tokens, ("clean", "corrupt"))
+    check_context(model, task)
     return _dla(model, task, by, tokens)
 
 
 @_exclusive_call
 def logit_lens(model, task, tokens: str = "clean") -> Result:
     from circuitlab.methods.logit_lens import logit_lens as _ll
+    from circuitlab.validate import check_choice, check_context
 
+    check_choice("tokens", tokens, ("clean", "corrupt"))
+    check_context(model, task)
     return _ll(model, task, tokens)
 
 

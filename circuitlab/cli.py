@@ -33,10 +33,66 @@ def _task(model, spec: str, n: int, seed: int):
     return cl.tasks.from_pairs(model, spec, name=Path(spec).stem)
 
 
+def _names(what: str, text: str, valid) -> list[str]:
+    """A comma-separated list, every entry checked against ``valid`` before anything runs."""
+    from circuitlab.validate import check_choice
+
+    names = [t.strip() for t in text.split(",")]
+    if not all(names):
+        raise ValueError(f"--{what} {text!r} has an empty entry; give comma-separated names like "
+                         f"{','.join(list(valid)[:2])}")
+    for n in names:
+        check_choice(what.rstrip("s") if what != "sites" else "sites", n, valid)
+    return list(dict.fromkeys(names))
+
+
+def check_task_arg(spec: str) -> None:
+    """A task argument that looks like a file must be a readable file (checked before model loading)."""
+    from circuitlab.tasks.bundled import BUNDLED
+
+    looks_like_file = Path(spec).suffix in (".jsonl", ".json") or "/" in spec or "\\" in spec
+    if looks_like_file or (spec not in BUNDLED and Path(spec).exists()):
+        path = Path(spec)
+        if not path.exists():
+            raise ValueError(f"--task {spec}: no such file (give a JSONL of {{clean, corrupt, answer, wrong}} "
+                             f"records or a bundled task: {', '.join(BUNDLED)})")
+        if not path.is_file():
+            raise ValueError(f"--task {spec} is not a file; give a JSONL file or a bundled task: {', '.join(BUNDLED)}")
+    elif spec not in BUNDLED:
+        from circuitlab.validate import suggest
+
+        raise ValueError(f"--task {spec!r} is neither a bundled task nor a file{suggest(spec, BUNDLED)} "
+                         "(or give a JSONL path)")
+
+
+def check_out_arg(out: str) -> Path:
+    """The output folder may exist (files in it are replaced) but must not be a file."""
+    path = Path(out)
+    if not out.strip():
+        raise ValueError("--out is empty; give an output folder")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose another output folder")
+    return path
+
+
 def cmd_sweep(a) -> None:
     import circuitlab as cl
+    from circuitlab.api import METHODS, check_sites
+    from circuitlab.methods.grid import SITE_SPECS
+    from circuitlab.validate import check_positive_int
     from circuitlab.viz.report import Report
 
+    # every argument is checked before the model loads and the first sweep runs
+    check_positive_int("--batch-size", a.batch_size)
+    check_positive_int("--n", a.n)
+    site_list = _names("sites", a.sites, SITE_SPECS)
+    methods = _names("method", a.method, METHODS)
+    for sites in site_list:
+        for method in methods:
+            check_sites(sites, method, {})
+    check_task_arg(a.task)
+    check_out_arg(a.out)
+    a.sites, a.method = ",".join(site_list), ",".join(methods)
     model = _load_model(a.model)
     task = _task(model, a.task, a.n, a.seed)
     out = Path(a.out)
@@ -98,6 +154,12 @@ def _write_table(path: Path, rows) -> None:
 
 def cmd_demo(a) -> None:
     from circuitlab.demo import run_demo
+    from circuitlab.validate import check_positive_int
+
+    check_positive_int("--n", a.n)
+    if a.task is not None:
+        check_task_arg(a.task)
+    check_out_arg(a.out)
 
     path = run_demo(model=a.model, task=a.task, out=a.out, n=a.n)
     print(f"report: {path}")
@@ -124,10 +186,18 @@ EXAMPLES = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump) that points at ``--help``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(prog="circuitlab", description="Mechanistic-interpretability workbench.",
+    p = _Parser(prog="circuitlab", description="Mechanistic-interpretability workbench.",
                                 epilog="run `circuitlab COMMAND --help` for examples", formatter_class=fmt)
+    p.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("demo", help="full analysis of a model -> HTML report", epilog=EXAMPLES["demo"], formatter_class=fmt)
@@ -172,13 +242,56 @@ PLUGINS = ("circuitlab.models.cli", "circuitlab.sparse.cli", "circuitlab.circuit
 """Modules with ``add_parser(subparsers, formatter_class)``; each sets ``fn`` on its parsers."""
 
 
+def _bad_input() -> tuple[type, ...]:
+    """Exceptions that mean the input (arguments, files, configs) is wrong, not circuitlab."""
+    import json
+
+    kinds: list[type] = [ValueError, KeyError, OSError, json.JSONDecodeError, UnicodeError]
+    try:
+        import tomllib
+
+        kinds.append(tomllib.TOMLDecodeError)
+    except ImportError:  # Python < 3.11
+        pass
+    return tuple(kinds)
+
+
+def _one_line(e: BaseException) -> str:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        msg = f"{e.filename}: {e.strerror}"
+    lines = [l.strip() for l in str(msg).splitlines() if l.strip()]
+    return "; ".join(lines) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Exit 0 on success, 2 for bad input (one line on stderr naming the value and the fix), 1 for
+    anything else; ``--debug`` shows the traceback instead of the one line."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a bad argument (2, message already printed)
+        return e.code if isinstance(e.code, int) else 2
     try:
         args.fn(args)
-    except (ValueError, KeyError, FileNotFoundError, PermissionError) as e:
-        print(f"circuitlab {args.cmd}: error: {e}", file=sys.stderr)
+    except _bad_input() as e:
+        if args.debug:
+            raise
+        print(f"circuitlab {args.cmd}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except SystemExit as e:
+        if args.debug or not isinstance(e.code, str):
+            raise
+        print(f"circuitlab {args.cmd}: error: {_one_line(e.code)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"circuitlab {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"circuitlab {args.cmd}: internal error: {type(e).__name__}: {_one_line(e)} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

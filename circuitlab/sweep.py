@@ -39,8 +39,18 @@ def shard(n: int, rank: int, world: int) -> list[int]:
 def sweep(model, task, sites: str, method: str, direction: str = "denoising", batch_size: int = 16,
           positions: Optional[Sequence] = None, progress: bool = True, **kwargs) -> Result:
     """Run ``method`` over ``task`` in prompt batches (and this rank's shard); the merged Result."""
-    from circuitlab.api import patch
+    from circuitlab.api import METHODS, check_sites, patch
+    from circuitlab.validate import check_choice, check_context, check_positive_int
 
+    # everything a batch would reject, rejected before the first batch runs
+    check_positive_int("batch_size", batch_size)
+    check_choice("method", method, METHODS)
+    check_choice("direction", direction, ("denoising", "noising"))
+    check_sites(sites, method, kwargs)
+    check_context(model, task)
+    task.check_positions(positions)
+    if len(task) == 0:
+        raise ValueError(f"task {task.name!r} has no prompts")
     rank, world = distributed_info()
     idx = shard(len(task), rank, world)
     t0 = time.perf_counter()

@@ -18,6 +18,23 @@ SITE_SPECS = {
 }
 
 
+def _checked_positions(positions: Sequence[int | str], n_pos: int) -> list[int | str]:
+    """``positions`` as a list of in-range token indices and role names."""
+    if isinstance(positions, (str, int)):
+        raise ValueError(f"positions must be a list (e.g. [{positions!r}]), not {positions!r}")
+    import numbers
+
+    pos = [int(p) if isinstance(p, numbers.Integral) and not isinstance(p, bool) else p for p in positions]
+    if not pos:
+        raise ValueError("positions is an empty list; give token indices or role names (or None for all positions)")
+    for p in pos:
+        if isinstance(p, bool) or not isinstance(p, (int, str)):
+            raise ValueError(f"position {p!r} is neither a token index (int) nor a role name (str)")
+        if isinstance(p, int) and not 0 <= p < n_pos:
+            raise ValueError(f"position {p} is out of range: prompts have {n_pos} positions (0..{n_pos - 1})")
+    return pos
+
+
 @dataclass
 class Grid:
     nodes: list[Node]
@@ -34,7 +51,7 @@ def site_grid(model, n_pos: int, sites: str, positions: Optional[Sequence[int | 
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     all_pos = sites.endswith("_all")
     fam = sites[:-4] if all_pos else sites
-    pos = list(range(n_pos)) if positions is None else list(positions)
+    pos = list(range(n_pos)) if positions is None else _checked_positions(positions, n_pos)
     if fam in VECTOR_FAMILIES:
         nodes = [Node(l, fam, pos=p) for l in layers for p in pos]
         return Grid(nodes, ("layer", "pos"), (len(layers), len(pos)), fam)

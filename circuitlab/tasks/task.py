@@ -68,6 +68,44 @@ class Task:
                     {k: v[idx] for k, v in self.roles.items()},
                     [self.prompts[i] for i in idx.tolist()] if self.prompts else [], self.name)
 
+    def check_positions(self, positions) -> None:
+        """Every named or absolute position in ``positions`` must fall on a real token of every
+        prompt: a pad or an index past the prompt would give a silent zero or a deep IndexError."""
+        import numbers
+
+        if positions is None:
+            return
+        if isinstance(positions, (str, int)):
+            raise ValueError(f"positions must be a list (e.g. [{positions!r}]), not {positions!r}")
+        lengths = self.lengths.cpu()
+        for p in positions:
+            if isinstance(p, str):
+                if p not in self.roles:
+                    raise ValueError(f"task {self.name!r} has no role {p!r}; roles: {', '.join(self.roles)} "
+                                     "(or give integer positions)")
+                where = self.roles[p].cpu()
+            elif isinstance(p, numbers.Integral) and not isinstance(p, bool):
+                where = torch.full_like(lengths, int(p))
+            else:
+                raise ValueError(f"position {p!r} is neither a token index nor a role name ({', '.join(self.roles)})")
+            self._check_inside(where, lengths, f"position {p!r}")
+
+    def check_roles(self) -> None:
+        """Every role's position must fall on a real token of its prompt."""
+        lengths = self.lengths.cpu()
+        for role, where in self.roles.items():
+            self._check_inside(where.cpu(), lengths, f"role {role!r}")
+
+    def _check_inside(self, where: torch.Tensor, lengths: torch.Tensor, what: str) -> None:
+        bad = ((where < 0) | (where >= lengths)).nonzero().flatten()
+        if len(bad):
+            i = int(bad[0])
+            text = self.prompts[i].get("clean") if i < len(self.prompts) and isinstance(self.prompts[i], dict) else None
+            shown = f" {text!r}" if text is not None else ""
+            raise ValueError(f"{what} is token {int(where[i])} in prompt {i}{shown} of task {self.name!r}, "
+                             f"which has {int(lengths[i])} tokens (0..{int(lengths[i]) - 1}); "
+                             f"{len(bad)} prompt(s) affected; use a position inside every prompt or a role name")
+
     def role_positions(self, role: str) -> torch.Tensor:
         if role not in self.roles:
             raise KeyError(f"task {self.name!r} has no role {role!r}; roles: {list(self.roles)}")
@@ -97,12 +135,21 @@ def from_pairs(
     records = _read_records(pairs)
     if not records:
         raise ValueError("empty task: give at least one {clean, corrupt, answer, wrong} record")
+    from circuitlab.validate import model_context
+
     tok = model.tokenizer
+    n_ctx = model_context(model)
     clean, corrupt, ans, wrong = [], [], [], []
     for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise ValueError(f"record {i} is a {type(r).__name__}, not an object; each record needs "
+                             "clean, corrupt, answer, wrong")
         missing = [k for k in ("clean", "corrupt", "answer", "wrong") if k not in r]
         if missing:
             raise ValueError(f"record {i} lacks {missing}; each record needs clean, corrupt, answer, wrong")
+        wrong_type = [k for k in ("clean", "corrupt", "answer", "wrong") if not isinstance(r[k], str)]
+        if wrong_type:
+            raise ValueError(f"record {i}: {wrong_type} must be strings")
         c, k = encode(tok, r["clean"]), encode(tok, r["corrupt"])
         if len(c) != len(k):
             raise ValueError(
@@ -111,6 +158,9 @@ def from_pairs(
                 f"the token count): {r['clean']!r} vs {r['corrupt']!r}"
             )
         clean.append(c), corrupt.append(k)
+        if n_ctx is not None and len(c) > n_ctx:
+            raise ValueError(f"record {i} is {len(c)} tokens but the model takes at most {n_ctx}; "
+                             f"shorten it: {r['clean'][:80]!r}...")
         ans.append(single_token(tok, r["answer"]))
         wrong.append(single_token(tok, r["wrong"]))
     same = [i for i, (a, w) in enumerate(zip(ans, wrong)) if a == w]
@@ -131,11 +181,15 @@ def from_pairs(
     for role in sorted(role_names):
         if not all(role in r.get("roles", {}) for r in records):
             raise ValueError(f"role {role!r} is given for some records but not all")
-        roles[role] = torch.tensor([int(r["roles"][role]) for r in records])
+        try:
+            roles[role] = torch.tensor([int(r["roles"][role]) for r in records])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"role {role!r} must be a token position (an integer) in every record: {e}") from e
     roles["END"] = lengths - 1
     ans_t, wrong_t = torch.tensor(ans), torch.tensor(wrong)
     base = M.logit_diff(lengths - 1, ans_t, wrong_t)
     task = Task(ct, kt, lengths, ans_t, wrong_t, base, roles, records, name)
+    task.check_roles()
     task.to(model.device)
     if callable(metric):
         task.metric = metric(task)
@@ -161,8 +215,16 @@ def _read_records(pairs) -> list[dict]:
         path = Path(pairs)
         if not path.exists():
             raise FileNotFoundError(f"no such JSONL file: {path}")
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder; give a JSONL file of {{clean, corrupt, answer, wrong}} records")
+        try:
+            text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark from some editors is fine
+        except UnicodeDecodeError as e:
+            line = path.read_bytes()[: e.start].count(b"\n") + 1
+            raise ValueError(f"{path}:{line} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                             "save the file as UTF-8") from None
         out = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     out.append(json.loads(line))
