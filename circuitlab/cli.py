@@ -54,10 +54,10 @@ def check_task_arg(spec: str) -> None:
     if looks_like_file or (spec not in BUNDLED and Path(spec).exists()):
         path = Path(spec)
         if not path.exists():
-            raise ValueError(f"--task {spec}: no such file (give a JSONL of {{clean, corrupt, answer, wrong}} "
+            raise ValueError(f"--task {spec!r}: no such file (give a JSONL of {{clean, corrupt, answer, wrong}} "
                              f"records or a bundled task: {', '.join(BUNDLED)})")
         if not path.is_file():
-            raise ValueError(f"--task {spec} is not a file; give a JSONL file or a bundled task: {', '.join(BUNDLED)}")
+            raise ValueError(f"--task {spec!r} is not a file; give a JSONL file or a bundled task: {', '.join(BUNDLED)}")
     elif spec not in BUNDLED:
         from circuitlab.validate import suggest
 
@@ -71,7 +71,7 @@ def check_out_arg(out: str) -> Path:
     if not out.strip():
         raise ValueError("--out is empty; give an output folder")
     if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; choose another output folder")
+        raise ValueError(f"--out {out!r} is a file, not a folder; choose another output folder")
     return path
 
 
@@ -242,6 +242,36 @@ PLUGINS = ("circuitlab.models.cli", "circuitlab.sparse.cli", "circuitlab.circuit
 """Modules with ``add_parser(subparsers, formatter_class)``; each sets ``fn`` on its parsers."""
 
 
+POSITIVE_ARGS = ("n", "batch_size", "steps", "docs", "ctx_len", "top", "max_feature_nodes", "max_minutes")
+"""Numeric options of any command that must be > 0 (checked before a command starts)."""
+NON_NEGATIVE_ARGS = ("bootstrap", "seed")
+"""Numeric options that must be >= 0."""
+FRACTION_ARGS = ("threshold", "node_threshold", "edge_threshold")
+"""Fractions that must lie in (0, 1]."""
+TEXT_ARGS = ("prompt",)
+"""Text options that must not be blank."""
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Range checks shared by every command's options, by option name, before anything runs."""
+    for dest in POSITIVE_ARGS + NON_NEGATIVE_ARGS + FRACTION_ARGS + TEXT_ARGS:
+        v = getattr(args, dest, None)
+        if v is None:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if dest in TEXT_ARGS:
+            if not str(v).strip():
+                raise ValueError(f"{flag} is blank; give some text")
+        elif dest in FRACTION_ARGS:
+            if not 0 < v <= 1:
+                raise ValueError(f"{flag} must be a fraction in (0, 1], not {v}")
+        elif dest in NON_NEGATIVE_ARGS:
+            if not v >= 0:
+                raise ValueError(f"{flag} must be >= 0, not {v}")
+        elif not v > 0:
+            raise ValueError(f"{flag} must be > 0, not {v}")
+
+
 def _bad_input() -> tuple[type, ...]:
     """Exceptions that mean the input (arguments, files, configs) is wrong, not circuitlab."""
     import json
@@ -261,7 +291,12 @@ def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         msg = f"{e.filename}: {e.strerror}"
     lines = [l.strip() for l in str(msg).splitlines() if l.strip()]
-    return "; ".join(lines) or type(e).__name__
+    text = "; ".join(lines) or type(e).__name__
+    import json
+
+    if isinstance(e, json.JSONDecodeError) and "JSON" not in text:
+        text = f"a JSON input file is malformed: {text}"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help (0) or a bad argument (2, message already printed)
         return e.code if isinstance(e.code, int) else 2
     try:
+        check_args(args)
         args.fn(args)
     except _bad_input() as e:
         if args.debug:

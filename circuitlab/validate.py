@@ -14,6 +14,10 @@ from typing import Callable, Iterable, Optional
 OWN_ARGUMENTS = ("model", "task", "sites", "direction", "positions")
 """Arguments every method takes from ``patch`` itself; not user options."""
 
+COMMON_OPTIONS = ("progress",)
+"""Options every method accepts, so one call works across methods (ignored where there is no
+progress bar to show)."""
+
 
 def declared_options(fn: Callable, exclude: Iterable[str] = OWN_ARGUMENTS) -> list[str]:
     """The keyword options ``fn`` declares (its ``**`` catch-all, if any, does not count)."""
@@ -33,6 +37,7 @@ def suggest(name: str, valid: Iterable[str]) -> str:
 def check_options(fn: Callable, options: dict, method: str, exclude: Iterable[str] = OWN_ARGUMENTS) -> None:
     """Reject keyword ``options`` that ``fn`` (the implementation of ``method``) does not declare."""
     valid = declared_options(fn, exclude)
+    valid += [o for o in COMMON_OPTIONS if o not in valid]
     for name in options:
         if name not in valid:
             raise ValueError(f"unknown option {name!r} for method {method!r}{suggest(name, valid)}")

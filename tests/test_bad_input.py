@@ -51,7 +51,7 @@ def test_unknown_option_names_the_nearest_valid_one(gpt2, task, no_runs, method,
 
 
 def test_unknown_option_without_close_match_lists_valid(gpt2, task, no_runs):
-    with pytest.raises(ValueError, match=r"unknown option 'zzz' for method 'atp'; valid: layers$"):
+    with pytest.raises(ValueError, match=r"unknown option 'zzz' for method 'atp'; valid: layers, progress$"):
         cl.patch(gpt2, task, "resid_pre", method="atp", zzz=1)
 
 
