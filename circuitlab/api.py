@@ -57,9 +57,10 @@ def patch(model, task, sites: str | Sequence[str] = "resid_pre", method: str = "
     (``variant='inputs'|'activations'``, ``steps=m``, ``rule='right'|'left'|'midpoint'|
     'trapezoid'|'gauss-legendre'``; see circuitlab.methods.ig). See circuitlab.methods.grid for sites.
     A list of site families returns ``{family: Result}``; for atp* the families share one
-    forward and one backward pass.
+    forward and one backward pass. Options a method does not declare are refused (ValueError
+    naming the closest valid one), and every family is checked before the first one runs.
     """
-    from circuitlab.validate import check_choice, check_context, check_options
+    from circuitlab.validate import check_choice, check_context
 
     check_choice("method", method, METHODS)
     check_choice("direction", direction, ("denoising", "noising"))
