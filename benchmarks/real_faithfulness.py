@@ -82,6 +82,8 @@ def main() -> None:
     ap.add_argument("--tasks", default="ioi,greater_than,capitals")
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--methods", default="atp,atp*,relp,ig", help="estimators to run (relp and ig run both variants)")
+    ap.add_argument("--ig-variants", default="inputs,activations",
+                    help="IG variants to run (activations costs steps x layers passes per family)")
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
@@ -107,7 +109,8 @@ def main() -> None:
         task = cl.tasks.bundled(model, tname, n=a.n, seed=0)
         tasks[task.name] = {"roles": list(task.roles), "prompts": len(task),
                             "example": task.prompts[0] if task.prompts else None}
-        chosen = [(m, kw) for m, kw in ESTIMATORS if m in a.methods.split(",")]
+        chosen = [(m, kw) for m, kw in ESTIMATORS if m in a.methods.split(",")
+                  and (m != "ig" or kw["variant"] in a.ig_variants.split(","))]
         run_task(model, task, a.families.split(","), chosen, log, rows)
     save(True)
     print(markdown(rows))
