@@ -102,8 +102,33 @@ def load_coder(path: str | Path, device: str | torch.device = "cpu") -> SparseCo
     path = Path(path)
     if not (path / CFG_FILE).exists() or not (path / WEIGHTS_FILE).exists():
         raise FileNotFoundError(f"{path} is not a coder folder: expected {CFG_FILE} and {WEIGHTS_FILE}")
-    lens = json.loads((path / CFG_FILE).read_text())
-    t = load_file(str(path / WEIGHTS_FILE), device="cpu")
+    try:
+        lens = json.loads((path / CFG_FILE).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path / CFG_FILE} is not valid JSON ({e}); re-export the coder") from e
+    try:
+        t = load_file(str(path / WEIGHTS_FILE), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"{path / WEIGHTS_FILE} is not a readable safetensors file ({e}); re-export "
+                         "or re-download the coder") from e
+    try:
+        coder = _coder_from(lens, t)
+    except KeyError as e:
+        raise ValueError(f"{path}: {WEIGHTS_FILE} or {CFG_FILE} lacks the entry {e}; it is not a "
+                         "complete sparse-coder folder") from e
+    except RuntimeError as e:  # load_state_dict: shapes that disagree with the config
+        raise ValueError(f"{path}: the weights do not fit the config in {CFG_FILE} ({e})") from e
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    bad = [name for name, w in coder.state_dict().items() if w.is_floating_point() and not torch.isfinite(w).all()]
+    if bad:
+        raise ValueError(f"{path / WEIGHTS_FILE}: NaN or infinite values in {', '.join(bad)}; the coder "
+                         "was saved from a diverged training run")
+    return coder.to(device)
+
+
+def _coder_from(lens: dict, t: dict) -> SparseCoder:
+    """A coder built from a cfg.json dict and its weight tensors."""
     if "circuitlab" in lens:
         d = dict(lens["circuitlab"])
         if d.get("arch") == "batchtopk":  # saved through for_inference as JumpReLU
@@ -120,8 +145,8 @@ def load_coder(path: str | Path, device: str | torch.device = "cpu") -> SparseCo
     missing, unexpected = coder.load_state_dict(sd, strict=False)
     missing = [m for m in missing if m not in ("in_scale", "out_scale")]
     if missing:
-        raise ValueError(f"{path}: weights missing {missing}")
-    return coder.to(device)
+        raise ValueError(f"weights missing {missing}")
+    return coder
 
 
 def _cfg_from_lens(lens: dict, t: dict) -> CoderConfig:
