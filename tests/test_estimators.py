@@ -205,7 +205,7 @@ def test_compare_and_cost_to_recall(gpt2, ioi_pairs):
 
 def test_unknown_method_lists_supported(gpt2, ioi_pairs):
     task = cl.tasks.from_pairs(gpt2, ioi_pairs)
-    with pytest.raises(ValueError, match="available: exact, atp, atp\\*, relp, ig"):
+    with pytest.raises(ValueError, match="valid: exact, atp, atp\\*, relp, ig"):
         cl.patch(gpt2, task, "heads", method="eap")
 
 

@@ -55,7 +55,9 @@ def test_demo_section_only_with_transcoders(gpt2, tmp_path, monkeypatch):
     report, summary = Report("t"), {}
     monkeypatch.setattr(tmod, "find_transcoders", lambda name, roots=(): None)
     demo_section(gpt2, task, report, tmp_path, "capitals", summary)
-    assert report.sections == [] and summary == {}
+    assert [title for title, *_ in report.sections] == ["capitals: attribution graph (skipped)"]
+    assert "circuitlab train" in report.sections[0][1] and summary == {}
+    report = Report("t")
     tc_dir = save_transcoders(fit_transcoders(gpt2, TRAIN, FitConfig(n_features=32, steps=60)), tmp_path / "tc")
     monkeypatch.setattr(tmod, "find_transcoders", lambda name, roots=(): tc_dir)
     demo_section(gpt2, task, report, tmp_path, "capitals", summary)
