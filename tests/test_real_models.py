@@ -1,5 +1,6 @@
-"""Checks on real pretrained models (slow; they run when `circuitlab models fetch` has put the
-model in the cache, and are skipped otherwise).
+"""Checks on real pretrained models. They run in the default suite wherever `circuitlab models
+fetch smollm2-135m` has put the model in the cache (CI included), under the slow marker otherwise
+(where they skip for want of the model).
 
 Exact head patching on SmolLM2-135M is compared with a from-scratch implementation: plain
 PyTorch forward-pre-hooks on the bare Hugging Face model's attention output projection, which
@@ -13,7 +14,7 @@ import torch
 
 from circuitlab.models import fetch
 
-pytestmark = pytest.mark.slow
+pytestmark = [] if fetch.is_fetched("smollm2-135m") else [pytest.mark.slow]
 
 PAIRS = [  # same token length clean/corrupt (ABC corruption: a third name replaces the subject)
     ("When Mary and John went to the store, John gave a drink to",
@@ -96,8 +97,8 @@ def test_smollm2_solves_wang_style_ioi(smollm2):
 
     task = cl.tasks.from_pairs(smollm2, [{"clean": c, "corrupt": k, "answer": a, "wrong": w} for c, k, a, w in PAIRS])
     with torch.no_grad():
-        clean = task.metric(smollm2.bridge(task.clean_tokens))
-        corrupt = task.metric(smollm2.bridge(task.corrupt_tokens))
+        clean = task.metric.from_logits(smollm2.bridge(task.clean_tokens))
+        corrupt = task.metric.from_logits(smollm2.bridge(task.corrupt_tokens))
     assert float(clean.mean()) > 1.0 > float(corrupt.mean())
 
 
@@ -109,4 +110,4 @@ def test_gemma3_loads_and_answers():
     assert (model.n_layers, model.n_heads, model.n_kv_heads, model.d_model) == (18, 4, 1, 640)
     task = cl.tasks.from_pairs(model, [{"clean": c, "corrupt": k, "answer": a, "wrong": w} for c, k, a, w in PAIRS[:2]])
     with torch.no_grad():
-        assert float(task.metric(model.bridge(task.clean_tokens)).mean()) > 0
+        assert float(task.metric.from_logits(model.bridge(task.clean_tokens)).mean()) > 0
