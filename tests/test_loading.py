@@ -26,8 +26,10 @@ def test_facts_and_sites(gpt2):
     assert gpt2.device.type == "cpu" and gpt2.dtype == torch.float32
 
 
-def test_decomposition_check_catches_wrong_mapping(tiny_dir, monkeypatch):
-    """A bridge that maps hook_attn_out to a residual-added state must be refused, naming the hook."""
+@pytest.mark.parametrize("dtype, match", [("float32", "blocks.1"), ("bfloat16", "blocks.1.*bfloat16")])
+def test_decomposition_check_catches_wrong_mapping(tiny_dir, monkeypatch, dtype, match):
+    """A bridge that maps hook_attn_out to a residual-added state must be refused, naming the hook
+    (also at bfloat16's looser, dtype-scaled tolerance)."""
     from circuitlab.models import checks
 
     real = checks.capture
@@ -38,8 +40,8 @@ def test_decomposition_check_catches_wrong_mapping(tiny_dir, monkeypatch):
         return c
 
     monkeypatch.setattr(checks, "capture", broken)
-    with pytest.raises(ValueError, match="blocks.1"):
-        cl.load(str(tiny_dir("gpt2")), device="cpu")
+    with pytest.raises(ValueError, match=match):
+        cl.load(str(tiny_dir("gpt2")), device="cpu", dtype=dtype)
 
 
 def test_corrupted_weights_file(tmp_path, tiny_dir):

@@ -60,20 +60,6 @@ def test_tolerance_scales_with_dtype():
     assert checks.tolerance(torch.float32, 1000.0, 64) == pytest.approx(10 * t32)
 
 
-def test_wrong_mapping_still_caught_in_bf16(tiny_dir, monkeypatch):
-    """bfloat16's looser tolerance still refuses a hook that carries the residual stream."""
-    real = checks.capture
-
-    def broken(model, toks, names, **kw):
-        c = dict(real(model, toks, names, **kw))
-        c["blocks.1.hook_attn_out"] = c["blocks.1.hook_attn_out"] + c["blocks.1.hook_resid_pre"]
-        return c
-
-    monkeypatch.setattr(checks, "capture", broken)
-    with pytest.raises(ValueError, match="blocks.1.*bfloat16"):
-        cl.load(str(tiny_dir("gpt2")), device="cpu", dtype="bfloat16")
-
-
 def _poison(folder, value):
     from safetensors.torch import load_file, save_file
 
