@@ -4,10 +4,11 @@ what its heads are.
 EAP-IG scores every edge between components (embeddings, each head's q/k/v input, MLPs,
 logits); the faithfulness curve ablates everything outside the top-n edges (resample ablation)
 and finds the smallest n whose circuit keeps >= 80% of the clean-minus-corrupt metric. The heads
-in that circuit are then classified with the head detectors (previous-token, duplicate-token,
-induction, copying scores). The model's weights are dequantized 4-bit GGUF weights.
+with the largest summed |score| over the circuit's edges are then scored with the head detectors
+(previous-token, duplicate-token, induction, copying). The model's weights are dequantized
+4-bit GGUF weights.
 
-    python benchmarks/real_circuit.py --model smollm2-135m --n 16 \
+    python benchmarks/real_circuit.py --model smollm2-135m --n 8 --steps 4 --bootstrap 100 \
         --out benchmarks/results/circuit_smollm2.json
 """
 
@@ -41,6 +42,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--steps", type=int, default=8, help="EAP-IG steps")
     ap.add_argument("--bootstrap", type=int, default=200)
+    ap.add_argument("--top-heads", type=int, default=15, help="heads classified, by their weight in the circuit")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -56,21 +58,28 @@ def main() -> None:
     smallest = curve.smallest
     edges = sorted(curve.smallest_circuit.items) if curve.smallest_circuit else []
     heads = sorted(_heads_in(edges))
+    # Each head's weight in the circuit: the summed |EAP-IG score| of its circuit edges (in or out).
+    weight, in_circuit = {h: 0.0 for h in heads}, set(edges)
+    for label, value in scores.edges():
+        if label in in_circuit:
+            for h in _heads_in([label]):
+                weight[h] += abs(value)
+    ranked = sorted(weight, key=weight.get, reverse=True)
     from circuitlab.methods.head_detectors import head_scores
 
     hs = head_scores(model)
     kinds = hs.meta["kinds"]
     classified = {}
-    for h in heads:
+    for h in ranked[:a.top_heads]:
         layer, head = (int(x[1:]) for x in h.split("."))
         s = {k: round(float(hs.values[i, layer, head]), 3) for i, k in enumerate(kinds)}
-        classified[h] = s
+        classified[h] = {"edge_weight": round(weight[h], 3), **s}
     out = {"model": a.model, "task": task.name, "prompts": len(task), "eap_ig_steps": a.steps,
            "weights": "dequantized 4-bit GGUF weights, not the published bf16 checkpoint",
            "edges_total": curve.total, "full_and_empty_metric": curve.meta,
            "smallest_circuit_edges": smallest, "threshold": 0.8,
            "curve": {"sizes": curve.sizes, "F": curve.faithfulness, "lo": curve.lo, "hi": curve.hi},
-           "circuit_edges": edges, "circuit_heads": classified,
+           "circuit_edges": edges, "heads_in_circuit": len(heads), "top_heads": classified,
            "seconds": {"eap_ig": round(t_scores, 1), "faithfulness_curve": round(t_curve, 1)}}
     print(json.dumps({k: v for k, v in out.items() if k not in ("curve", "circuit_edges")}, indent=1))
     if a.out:
