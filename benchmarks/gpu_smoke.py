@@ -1,4 +1,4 @@
-"""One command for the first GPU session: does everything that runs on CPU run on CUDA, with
+"""One command for a first run on a GPU machine: does everything that runs on CPU run on CUDA, with
 the same results?
 
 Loads a zoo model on CPU and on CUDA, runs an exact sweep and AtP* on both and compares them,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -87,16 +88,34 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--table", metavar="RESULTS_JSON", default=None,
+                    help="print the README tables of a results file (one per task) and exit")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows already in --out (re-measured ones are replaced) and record this run beside them")
     a = ap.parse_args()
+    if a.table:
+        print(readme_tables(json.loads(Path(a.table).read_text())["rows"]))
+        return
     torch.set_num_threads(a.threads)
     model = cl.load(a.model)
-    rows, tasks = [], {}
+    rows, tasks, runs, kept, extra = [], {}, [], [], {}
+    if a.append and a.out and Path(a.out).exists():
+        old = json.loads(Path(a.out).read_text())
+        if old.get("model") != a.model or old.get("n") != a.n:
+            raise SystemExit(f"{a.out} holds model {old.get('model')} with n={old.get('n')}; "
+                             f"--append needs the same --model and --n (or a new --out)")
+        tasks, runs, kept = old.get("tasks", {}), old.get("runs", []), old.get("rows", [])
+        extra = {k: v for k, v in old.items() if k == "note"}
+    runs = runs + ["python " + " ".join(sys.argv)]
     t0 = time.perf_counter()
 
     def save(done: bool) -> None:  # after every measurement, so a long run can be read as it goes
+        fresh = {(r["task"], r["sites"], r["method"]) for r in rows}
+        merged = [r for r in kept if (r["task"], r["sites"], r["method"]) not in fresh] + rows
         out = {"model": a.model, "n": a.n, "direction": "denoising", "complete": done,
                "weights": "dequantized 4-bit GGUF weights, not the published bf16 checkpoint",
-               "tasks": tasks, "rows": rows, "total_seconds": round(time.perf_counter() - t0, 1)}
+               "tasks": tasks, "runs": runs, "rows": merged,
+               "seconds_this_run": round(time.perf_counter() - t0, 1), **extra}
         if a.out:
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)
             Path(a.out).write_text(json.dumps(out, indent=1, default=str) + "\n")
@@ -126,6 +145,35 @@ def markdown(rows: list[dict]) -> str:
             "task", "sites", "method", "pearson", "spearman_1pct", "recall@10", "sign_agreement",
             "cost_to_recall", "fwd_equiv")) + " |")
     return "\n".join(lines)
+
+
+SITES_ORDER = ["heads", "q", "k", "v", "attn_out", "mlp_out", "resid_pre"]
+
+
+def readme_tables(rows: list[dict]) -> str:
+    """One markdown table per task: a row per site family, a column per estimator, each cell
+    "Pearson / Spearman(>1%) / recall@10 / sign", the header carrying each estimator's cost."""
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [r for r in rows if r["task"] == task]
+        methods = [m for m in dict.fromkeys(r["method"] for r in mine) if m != "exact"]
+        cost = {m: sorted({r["fwd_equiv"] for r in mine if r["method"] == m and "error" not in r})
+                for m in dict.fromkeys(r["method"] for r in mine)}
+        span = lambda c: str(c[0]) if len(c) == 1 else f"{c[0]}-{c[-1]}"  # noqa: E731
+        out.append(f"{task} (exact: {span(cost['exact'])} forward-pass equivalents)\n")
+        out.append("| sites | " + " | ".join(f"{m} ({span(cost[m])})" for m in methods) + " |")
+        out.append("|---" * (len(methods) + 1) + "|")
+        fams = sorted(dict.fromkeys(r["sites"] for r in mine), key=lambda f: SITES_ORDER.index(f) if f in SITES_ORDER else 99)
+        for fam in fams:
+            cells = []
+            for m in methods:
+                r = next((r for r in mine if r["sites"] == fam and r["method"] == m), None)
+                cells.append("not run" if r is None else "refused" if "error" in r else " / ".join(
+                    "-" if r[k] is None else f"{r[k]:.{nd}f}" for k, nd in
+                    (("pearson", 3), ("spearman_1pct", 3), ("recall@10", 1), ("sign_agreement", 2))))
+            out.append(f"| {fam} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
