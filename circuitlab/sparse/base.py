@@ -49,7 +49,7 @@ def make_coder(cfg: "CoderConfig") -> "SparseCoder":
 
 
 def _load_all() -> None:
-    from circuitlab.sparse import batchtopk, jumprelu, relu, topk  # noqa: F401  (register)
+    from circuitlab.sparse import batchtopk, jumprelu, mpsae, relu, topk  # noqa: F401  (register)
 
 
 @dataclass
@@ -57,7 +57,7 @@ class CoderConfig:
     """Shapes, sites and initialisation shared by every architecture."""
 
     arch: str = ""
-    """Registered architecture name: relu, topk, batchtopk, jumprelu (set by the subclass)."""
+    """Registered architecture name: relu, topk, batchtopk, jumprelu, mpsae (set by the subclass)."""
     d_in: int = 0
     """Width of one source vector (d_model for residual / MLP-input sites)."""
     d_sae: int = 0

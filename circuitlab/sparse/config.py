@@ -93,7 +93,7 @@ class CoderSection:
     kind: str = "sae"
     """sae (reconstruct a site), transcoder (MLP input -> MLP output) or crosscoder."""
     arch: str = "topk"
-    """Architecture: relu, topk, batchtopk, jumprelu."""
+    """Architecture: relu, topk, batchtopk, jumprelu, mpsae (matching pursuit; kind = "sae" only)."""
     layer: int = 0
     """Layer of the site (sae, transcoder, and crosscoders across models/checkpoints)."""
     layers: list = field(default_factory=list)

@@ -3,7 +3,8 @@
 Why this layout: it is what published SAEs use, so ``load_coder`` opens them, and SAE Lens
 opens ours (``SAE.load_from_disk``). Tensors use SAE Lens names and orientation: W_enc
 [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec, ``threshold`` for JumpReLU, W_skip
-[d_out, d_in] for skip transcoders. Our full config rides along under ``cfg.json``'s
+[d_out, d_in] for skip transcoders; matching pursuit (``matching_pursuit``, tied) has W_dec
+and b_dec only. Our full config rides along under ``cfg.json``'s
 ``circuitlab`` key (SAE Lens ignores unknown keys). Architectures SAE Lens lacks (crosscoders,
 TopK transcoders) keep the same layout with a ``circuitlab_*`` architecture name.
 Only safetensors and JSON are read: no pickle.
@@ -32,7 +33,7 @@ def _lens_arch(cfg: CoderConfig) -> str:
     if cfg.arch == "batchtopk":
         return "jumprelu" if cfg.autoencoder else "jumprelu_transcoder"
     if cfg.autoencoder:
-        return {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}[cfg.arch]
+        return {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "mpsae": "matching_pursuit"}[cfg.arch]
     if cfg.arch == "relu":
         return "skip_transcoder" if cfg.skip else "transcoder"
     if cfg.arch == "jumprelu":
@@ -52,7 +53,9 @@ def save_coder(coder: SparseCoder, path: str | Path, meta: Optional[dict] = None
         raise ValueError("fold the activation scaling into the weights (coder.fold_scaling()) before saving")
     cfg = coder.cfg
     path = Path(path)
-    t = {"W_enc": coder.W_enc, "b_enc": coder.b_enc, "W_dec": coder.W_dec, "b_dec": coder.b_dec}
+    t = {"W_dec": coder.W_dec, "b_dec": coder.b_dec}
+    if cfg.arch != "mpsae":  # tied pursuit: SAE Lens's matching_pursuit holds no encoder (mpsae.py)
+        t.update(W_enc=coder.W_enc, b_enc=coder.b_enc)
     if coder.W_skip is not None:
         t["W_skip"] = coder.W_skip.t()
     t.update(coder.extra_tensors())
@@ -81,6 +84,8 @@ def save_coder(coder: SparseCoder, path: str | Path, meta: Optional[dict] = None
     if cfg.arch == "topk":
         lens["k"] = cfg.k
         lens["rescale_acts_by_decoder_norm"] = False
+    if cfg.arch == "mpsae":  # SAE Lens's matching_pursuit then runs exactly k steps
+        lens.update(max_iterations=cfg.k, residual_threshold=0.0, stop_on_duplicate_support=False)
     if not cfg.autoencoder:
         lens["d_out"] = cfg.d_out_ * cfg.n_targets_
     text = json.dumps(lens, indent=1)
@@ -92,7 +97,8 @@ def save_coder(coder: SparseCoder, path: str | Path, meta: Optional[dict] = None
 
 _FROM_LENS = {"standard": ("relu", False), "topk": ("topk", False), "jumprelu": ("jumprelu", False),
               "transcoder": ("relu", False), "skip_transcoder": ("relu", True),
-              "jumprelu_transcoder": ("jumprelu", False), "jumprelu_skip_transcoder": ("jumprelu", True)}
+              "jumprelu_transcoder": ("jumprelu", False), "jumprelu_skip_transcoder": ("jumprelu", True),
+              "matching_pursuit": ("mpsae", False)}
 
 
 def load_coder(path: str | Path, device: str | torch.device = "cpu") -> SparseCoder:
@@ -137,7 +143,9 @@ def _coder_from(lens: dict, t: dict) -> SparseCoder:
     else:
         cfg = _cfg_from_lens(lens, t)
     coder = make_coder(cfg)
-    sd = {"W_enc": t["W_enc"], "b_enc": t["b_enc"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
+    sd = {"W_dec": t["W_dec"], "b_dec": t["b_dec"]}
+    if cfg.arch != "mpsae":
+        sd.update(W_enc=t["W_enc"], b_enc=t["b_enc"])
     if "W_skip" in t:
         sd["W_skip"] = t["W_skip"].t()
     if cfg.arch == "jumprelu":
@@ -171,6 +179,12 @@ def _cfg_from_lens(lens: dict, t: dict) -> CoderConfig:
     if arch_name.endswith("transcoder"):
         out = meta.get("hook_name_out")
         kw.update(d_out=d_out, skip=skip, hooks_out=(out,) if out else ("transcoder_output",))
+    if arch == "mpsae":
+        if lens.get("residual_threshold", 1e-2) != 0 or lens.get("stop_on_duplicate_support", True) \
+                or lens.get("max_iterations") is None:
+            raise ValueError("only fixed-step matching_pursuit SAEs are supported (max_iterations set, "
+                             "residual_threshold = 0, stop_on_duplicate_support = false): mpsae runs exactly k steps")
+        kw["k"] = int(lens["max_iterations"])
     if arch == "topk":
         kw["k"] = int(lens["k"])
         if lens.get("rescale_acts_by_decoder_norm"):
