@@ -10,17 +10,23 @@ encoder/decoder at one hook; the reconstruction error is kept so only the edited
 and :class:`TranscoderTarget` (reads one hook, writes another). A :class:`Supernode` applies one
 edit to several targets (probe-prompting supernodes). Anything with a
 ``hooks(model, edit, positions)`` method is a target.
+
+``generate`` decodes greedily or by sampling, with the Hugging Face model's key/value cache:
+the engine's hooks sit on that model's modules, so they fire on the cached path too, and
+intervention positions are mapped onto the tokens each step runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
 
 import torch
 
-from circuitlab.engine.forward import final_logits, gather_positions, run_to_final
+from circuitlab.engine.forward import _FinalResidual, _stop, final_logits, gather_positions, new_kv_cache, run_to_final
 from circuitlab.engine.hooks import HookFn, scoped_hooks
 from circuitlab.engine.sites import HEAD_FAMILIES, UNIT_FAMILIES, Node
 
@@ -50,8 +56,9 @@ def _at_positions(x: torch.Tensor, positions, fn: Edit) -> torch.Tensor:
 @dataclass(frozen=True)
 class NodeTarget:
     """An engine node: ``Node.parse('L3.H5')`` (head output, via hook_z), ``'L3.H5.v'`` (its value
-    vectors; a key/value head under GQA), ``'L2.N17'`` (a neuron), ``'L1.mlp_out'``, ... A node's own
-    position (``@4``) is used when the intervention gives none."""
+    vectors; a key/value head under GQA), ``'L3.H5.pattern'`` (its attention weights; positions
+    are query positions), ``'L2.N17'`` (a neuron), ``'L1.mlp_out'``, ... A node's own position
+    (``@4``) is used when the intervention gives none."""
 
     node: Node
 
@@ -60,6 +67,14 @@ class NodeTarget:
         pos = positions if positions is not None else ([n.pos] if isinstance(n.pos, int) else None)
         if isinstance(n.pos, str):
             raise ValueError(f"intervention on {n}: give integer positions (roles are per prompt)")
+
+        if n.family == "pattern":  # [batch, head, query, key]: positions are query positions
+            def pattern_fn(x):
+                y = x.clone()
+                y[:, n.head] = _at_positions(x[:, n.head], pos, edit)
+                return y
+
+            return [(n.hook, pattern_fn)]
 
         def fn(x):
             def inner(y):
@@ -228,22 +243,137 @@ def intervene(model, interventions: Sequence[Intervention]) -> Iterator[None]:
 
 
 def generate(model, tokens: torch.Tensor, max_new_tokens: int = 8,
-             interventions: Sequence[Intervention] = (), stop_token: Optional[int] = None) -> torch.Tensor:
-    """Greedy token-by-token generation through the engine with ``interventions`` active.
+             interventions: Sequence[Intervention] = (), stop_token: Optional[int] = None, *,
+             temperature: float = 0.0, top_p: float = 1.0,
+             seed: Union[int, torch.Generator, None] = None,
+             cache: Optional[bool] = None) -> torch.Tensor:
+    """Token-by-token generation through the engine with ``interventions`` active at every step.
 
-    ``tokens``: [pos] or [batch, pos] (equal-length prompts). Each step reruns the whole sequence
-    (no key/value cache), so position-based interventions see stable positions. Returns the
-    prompts with the new tokens appended."""
-    seq = tokens[None] if tokens.dim() == 1 else tokens
-    seq = seq.to(model.device)
-    with intervene(model, interventions), torch.no_grad():
-        for _ in range(max_new_tokens):
-            resid = run_to_final(model, seq)
-            nxt = final_logits(model, resid[:, -1:]).argmax(-1)
-            seq = torch.cat([seq, nxt], 1)
-            if stop_token is not None and bool((nxt == stop_token).all()):
-                break
+    ``tokens``: [pos] or [batch, pos] (equal-length prompts). Returns the prompts with the new
+    tokens appended; stops early once every row has produced ``stop_token``.
+
+    ``temperature`` 0 picks the most likely token (greedy); above 0 samples from
+    softmax(logits / temperature), restricted to the smallest set of tokens whose probability
+    reaches ``top_p`` (nucleus sampling). ``seed``: an int or a ``torch.Generator`` to make
+    samples reproducible (None: torch's global generator).
+
+    ``cache``: keep the keys/values of earlier positions (the Hugging Face model's own
+    ``past_key_values``), so each step runs only the new token; False reruns the whole
+    sequence at every step; None (default) uses the cache where the load-time check found that
+    cached positions reproduce a full pass (``model.fast_positions``). Both give the same
+    result: intervention positions are absolute (negative ones count back from the end of the
+    prompt), so an edit at a prompt position acts during the first pass and stays in the cached
+    keys/values, and an edit at a later position acts when that token is generated. Custom
+    targets must take their positions from the ``positions`` argument of ``hooks``."""
+    if tokens.dim() not in (1, 2) or tokens.shape[-1] == 0:
+        raise ValueError(f"tokens must be a non-empty [pos] or [batch, pos] tensor, got shape {tuple(tokens.shape)}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 keeps every token), got {top_p!r}")
+    gen = torch.Generator().manual_seed(seed) if isinstance(seed, int) else seed
+    if gen is not None and not isinstance(gen, torch.Generator):
+        raise TypeError(f"seed must be an int, a torch.Generator or None, not {type(seed).__name__}")
+    use_cache = bool(getattr(model, "fast_positions", False)) if cache is None else bool(cache)
+    seq = (tokens[None] if tokens.dim() == 1 else tokens).to(model.device)
+    ivs = _absolute(interventions, seq.shape[1])
+    with torch.no_grad():
+        if use_cache:
+            seq = _generate_cached(model, seq, max_new_tokens, ivs, stop_token, temperature, top_p, gen)
+        else:
+            with intervene(model, ivs):
+                for _ in range(max_new_tokens):
+                    nxt = _pick(final_logits(model, run_to_final(model, seq)[:, -1]), temperature, top_p, gen)
+                    seq = torch.cat([seq, nxt], 1)
+                    if stop_token is not None and bool((nxt == stop_token).all()):
+                        break
     return seq[0] if tokens.dim() == 1 else seq
+
+
+def _generate_cached(model, seq, max_new_tokens, ivs, stop_token, temperature, top_p, gen) -> torch.Tensor:
+    """Prefill the prompt once, then run one new token per step against the key/value cache;
+    each pass gets the interventions whose positions fall in its window."""
+    kv = new_kv_cache(model)
+    done = 0  # positions already in the cache
+    for _ in range(max_new_tokens):
+        new = seq[:, done:]
+        hooks = intervention_hooks(model, _window(ivs, done, new.shape[1]))
+        resid = _run_cached(model, new, hooks, kv, done)
+        done = seq.shape[1]
+        nxt = _pick(final_logits(model, resid[:, -1]), temperature, top_p, gen)
+        seq = torch.cat([seq, nxt], 1)
+        if stop_token is not None and bool((nxt == stop_token).all()):
+            break
+    return seq
+
+
+def _run_cached(model, tokens: torch.Tensor, hooks, kv, start: int) -> torch.Tensor:
+    """Run ``tokens`` (absolute positions ``start..``) against the keys/values in ``kv``,
+    appending theirs; return the residual entering the final norm."""
+    B, T = tokens.shape
+    pos_ids = torch.arange(start, start + T, device=tokens.device).expand(B, T)
+    with scoped_hooks(model.bridge, list(hooks) + [("ln_final.hook_in", _stop)]):
+        try:
+            model.bridge(tokens, return_type=None, past_key_values=kv, use_cache=True, position_ids=pos_ids)
+        except _FinalResidual as out:
+            return out.resid
+    raise RuntimeError("the model finished without reaching its final norm (ln_final.hook_in)")
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, gen: Optional[torch.Generator]) -> torch.Tensor:
+    """Next token [batch, 1] from last-position logits [batch, vocab]: argmax at temperature 0,
+    else a nucleus sample (drawn on the generator's device, so a CPU seed repeats anywhere)."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    probs = torch.softmax(logits.float() / temperature, -1)
+    if top_p < 1:
+        p, idx = probs.sort(-1, descending=True)
+        keep = (p.cumsum(-1) - p) < top_p  # tokens before this one hold less than top_p
+        probs = torch.zeros_like(probs).scatter(-1, idx, p * keep)
+    dev = gen.device if gen is not None else probs.device
+    return torch.multinomial(probs.to(dev), 1, generator=gen).to(logits.device)
+
+
+def _flat(iv: Intervention) -> list[Intervention]:
+    """Supernodes split into one intervention per member, and a node's own position (``@4``)
+    made explicit, so positions can be shifted without looking inside targets."""
+    t = as_target(iv.target)
+    if isinstance(t, Supernode):
+        return [x for m in t.members for x in _flat(dataclasses.replace(iv, target=m))]
+    if iv.positions is None and isinstance(t, NodeTarget) and isinstance(t.node.pos, int):
+        return [dataclasses.replace(iv, target=t, positions=(t.node.pos,))]
+    return [dataclasses.replace(iv, target=t)]
+
+
+def _absolute(interventions: Sequence[Intervention], prompt_len: int) -> list[Intervention]:
+    """Interventions with non-negative positions (negative ones count back from the prompt's end)."""
+    out = []
+    for iv in (x for iv in interventions for x in _flat(iv)):
+        if iv.positions is not None:
+            pos = tuple(int(p) + prompt_len if p < 0 else int(p) for p in iv.positions)
+            bad = [p for p, q in zip(iv.positions, pos) if q < 0]
+            if bad:
+                raise ValueError(f"intervention positions {bad} lie before the start of the {prompt_len}-token "
+                                 f"prompt; negative positions count back from its end (-1 .. -{prompt_len})")
+            iv = dataclasses.replace(iv, positions=pos)
+        out.append(iv)
+    return out
+
+
+def _window(ivs: Sequence[Intervention], start: int, length: int) -> list[Intervention]:
+    """The interventions acting on absolute positions start..start+length-1, with positions
+    made relative to that window; those with no position there are left out."""
+    out = []
+    for iv in ivs:
+        if iv.positions is None:
+            out.append(iv)
+            continue
+        local = tuple(p - start for p in iv.positions if start <= p < start + length)
+        if local:
+            out.append(dataclasses.replace(iv, positions=local))
+    return out
 
 
 def score(model, tokens: torch.Tensor, metric, interventions: Sequence[Intervention] = ()) -> torch.Tensor:
