@@ -36,7 +36,10 @@ def _sum_error(g: Graph) -> torch.Tensor:
     A = g.adjacency[rows]
     err = (A.sum(1) + g.bias[rows] - g.preact[rows]).abs()
     scale = A.abs().sum(1) + g.bias[rows].abs()
-    return err - 1e-5 * scale  # float32 rounding of large cancelling terms (random 3x-scaled weights)
+    # float32 rounding of large cancelling terms (random 3x-scaled weights): the backward pass cancels
+    # intermediate values far larger than the row's own terms, so the allowance scales with the row.
+    # Seen on one machine: median |error| / scale 2e-7, worst 4e-5 (a CPU's kernels set the rounding).
+    return err - 1e-4 * scale
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -61,6 +64,9 @@ def test_edges_plus_bias_equal_preactivations(tiny_model, arch):
     g = attribute(model, transcoders(model, arch), PROMPT, cfg=GraphConfig(max_feature_nodes=None, batch_size=64))
     assert g.n_features == g.meta["n_active"] > 0
     assert (_sum_error(g) <= 1e-3).all()
+    rows = target_nodes(g)  # most rows are exact to float32 rounding, not just within the allowance
+    rel = (g.adjacency[rows].sum(1) + g.bias[rows] - g.preact[rows]).abs() / (g.adjacency[rows].abs().sum(1) + g.bias[rows].abs())
+    assert rel.median() < 1e-5, rel.median()
     # the bias really is "everything but the sources": a frozen run without sources agrees
     tn = target_nodes(g)[:5]
     clean = clean_run(model, transcoders(model, arch), g.tokens)
