@@ -30,17 +30,76 @@ from pathlib import Path
 
 import torch
 
+# The pieces below are shared with sparse_recovery_peers.py, whose workers import this module from
+# peer venvs without circuitlab: circuitlab imports stay inside the functions.
+
+
+def add_toy_args(ap: argparse.ArgumentParser) -> None:
+    """Arguments of the toy data, the training stream and the scoring, alike in every recovery benchmark."""
+    ap.add_argument("--d", type=int, default=64, help="activation width")
+    ap.add_argument("--features", type=int, default=256, help="true features (directions)")
+    ap.add_argument("--exponent", type=float, default=1.0, help="power-law exponent of feature frequencies")
+    ap.add_argument("--mean-active", type=float, default=5.0, help="active features per row, on average")
+    ap.add_argument("--noise", type=float, default=0.01, help="Gaussian noise per dimension")
+    ap.add_argument("--d-sae", type=int, default=512, help="latents per coder")
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--shards", type=int, default=64, help="training shards the loader cycles through")
+    ap.add_argument("--shard-tokens", type=int, default=4096)
+    ap.add_argument("--held-shards", type=int, default=4, help="held-out shards for FVU / L0")
+    ap.add_argument("--threshold", type=float, default=0.9, help="cosine at which a feature counts as recovered")
+    ap.add_argument("--threads", type=int, default=1)
+
+
+def toy_data(a: argparse.Namespace):
+    """The ``ToyData`` that ``add_toy_args``'s arguments and ``--seed`` describe."""
+    from circuitlab.sparse.synthetic import ToyData
+
+    return ToyData(d=a.d, n_features=a.features, freq_exponent=a.exponent, mean_active=a.mean_active,
+                   noise=a.noise, shard_tokens=a.shard_tokens, seed=a.seed)
+
+
+def toy_loader(data, a: argparse.Namespace, cls: type | None = None):
+    """The training stream every coder sees (``cls``: a ``ShardLoader`` subclass to serve it instead)."""
+    from circuitlab.sparse.store import ShardLoader
+
+    return (cls or ShardLoader)(data.shard, a.shards, a.batch, seed=a.seed)
+
+
+def held_out(data, a: argparse.Namespace) -> torch.Tensor:
+    """Held-out rows: shards far past any the training stream reaches."""
+    return torch.cat([data.shard(10_000 + j).x for j in range(a.held_shards)])
+
+
+def frequency_quarters(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the most common and of the rarest quarter of the true features."""
+    order = torch.argsort(data.probs, descending=True)
+    quarter = max(1, len(order) // 4)
+    return order[:quarter], order[-quarter:]
+
+
+def recovery_scores(r: dict, common: torch.Tensor, rare: torch.Tensor, threshold: float) -> dict:
+    """MMCS and recovered fractions (overall, common and rare quarter) from a ``recovery`` result."""
+    best = torch.tensor(r["per_feature"])
+    return {
+        "mmcs": r["mmcs"], "recovered": r["recovered"],
+        "recovered_common_quarter": float((best[common] >= threshold).double().mean()),
+        "recovered_rare_quarter": float((best[rare] >= threshold).double().mean()),
+    }
+
+
+def toy_settings(a: argparse.Namespace) -> dict:
+    """The toy data's settings as the results JSON records them."""
+    return {"d": a.d, "n_features": a.features, "freq_exponent": a.exponent, "mean_active": a.mean_active,
+            "noise": a.noise}
+
 
 def run(a: argparse.Namespace) -> dict:
     from circuitlab.sparse.base import ARCHITECTURES, _load_all, config_class, make_coder
     from circuitlab.sparse.evaluate import reconstruction_metrics
     from circuitlab.sparse.recovery import coder_recovery
-    from circuitlab.sparse.store import ShardLoader
-    from circuitlab.sparse.synthetic import ToyData
     from circuitlab.sparse.trainer import TrainConfig, Trainer
 
-    data = ToyData(d=a.d, n_features=a.features, freq_exponent=a.exponent, mean_active=a.mean_active,
-                   noise=a.noise, shard_tokens=a.shard_tokens, seed=a.seed)
+    data = toy_data(a)
     _load_all()
     archs = a.archs or sorted(ARCHITECTURES)
     unknown = [x for x in archs if x not in ARCHITECTURES]
@@ -63,37 +122,30 @@ def run(a: argparse.Namespace) -> dict:
         extra[name] = dict(arch=arch, **kw)
     reference = {n: coder_recovery(c, data.dirs, a.threshold) for n, c in coders.items()}
     cfg = TrainConfig(total_tokens=a.tokens, batch_size=a.batch, progress=False, checkpoint_every=0)
-    loader = ShardLoader(data.shard, a.shards, a.batch, seed=a.seed)
+    loader = toy_loader(data, a)
     with tempfile.TemporaryDirectory() as out:
         t = Trainer(coders, loader, cfg, out)
         t.run(sample=data.shard(0))
         exported = {n: t.export(n) for n in coders}
-    held = torch.cat([data.shard(10_000 + j).x for j in range(a.held_shards)])
-    order = torch.argsort(data.probs, descending=True)
-    quarter = max(1, a.features // 4)
-    common, rare = order[:quarter], order[-quarter:]
+    held = held_out(data, a)
+    common, rare = frequency_quarters(data)
     rows = {}
     for n, c in exported.items():
         m = reconstruction_metrics(c, held)
-        r = coder_recovery(c, data.dirs, a.threshold)
-        best = torch.tensor(r["per_feature"])
         rows[n] = {
             "config": extra[n],
             "fvu": m["fvu"], "l0": m["l0"], "dead_fraction": m["dead_fraction"],
-            "mmcs": r["mmcs"], "recovered": r["recovered"],
-            "recovered_common_quarter": float((best[common] >= a.threshold).double().mean()),
-            "recovered_rare_quarter": float((best[rare] >= a.threshold).double().mean()),
+            **recovery_scores(coder_recovery(c, data.dirs, a.threshold), common, rare, a.threshold),
             "mmcs_at_init": reference[n]["mmcs"], "recovered_at_init": reference[n]["recovered"],
         }
     return {
         "command": "python benchmarks/sparse_recovery.py " + " ".join(sys.argv[1:]),
         "settings": {
-            "d": a.d, "n_features": a.features, "freq_exponent": a.exponent, "mean_active": a.mean_active,
-            "noise": a.noise, "feature_prob_max": float(data.probs.max()), "feature_prob_min": float(data.probs.min()),
+            **toy_settings(a), "feature_prob_max": float(data.probs.max()), "feature_prob_min": float(data.probs.min()),
             "d_sae": a.d_sae, "tokens": a.tokens, "batch": a.batch, "lr": "default_lr (8e-4 / sqrt(d_sae / 2^14))",
             "threshold": a.threshold, "held_out_tokens": int(held.shape[0]), "threads": a.threads, "seed": a.seed,
             "training": "all coders on one token stream (one Trainer), default TrainConfig schedule",
-            "common/rare quarter": f"the {quarter} most / least frequent features",
+            "common/rare quarter": f"the {len(common)} most / least frequent features",
         },
         "results": rows,
     }
@@ -102,23 +154,12 @@ def run(a: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", nargs="+", default=None, help="architectures (default: every registered one)")
-    ap.add_argument("--d", type=int, default=64, help="activation width")
-    ap.add_argument("--features", type=int, default=256, help="true features (directions)")
-    ap.add_argument("--exponent", type=float, default=1.0, help="power-law exponent of feature frequencies")
-    ap.add_argument("--mean-active", type=float, default=5.0, help="active features per row, on average")
-    ap.add_argument("--noise", type=float, default=0.01, help="Gaussian noise per dimension")
-    ap.add_argument("--d-sae", type=int, default=512, help="latents per coder")
+    add_toy_args(ap)
     ap.add_argument("--k", type=int, default=5, help="TopK / BatchTopK k")
     ap.add_argument("--l1", type=float, nargs="+", default=[5.0, 1.0],
                     help="ReLU L1 coefficient(s): the first is the 'relu' row, others are extra rows")
     ap.add_argument("--l0-coeff", type=float, default=1.0, help="JumpReLU L0 coefficient")
     ap.add_argument("--tokens", type=int, default=1_000_000, help="training tokens per coder")
-    ap.add_argument("--batch", type=int, default=1024)
-    ap.add_argument("--shards", type=int, default=64, help="training shards the loader cycles through")
-    ap.add_argument("--shard-tokens", type=int, default=4096)
-    ap.add_argument("--held-shards", type=int, default=4, help="held-out shards for FVU / L0")
-    ap.add_argument("--threshold", type=float, default=0.9, help="cosine at which a feature counts as recovered")
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="benchmarks/results/sparse_recovery.json")
     a = ap.parse_args()

@@ -5,12 +5,13 @@ features), the same token stream for every trainer, the same held-out rows and t
 the stream is what circuitlab's ``ShardLoader`` serves, dumped once to a safetensors file in
 ``--work``. circuitlab's TopK trains in this process (checked batch by batch against the dump);
 each peer trains in a subprocess run by its own virtual environment's python (this file with
-``--worker``, which imports only torch, safetensors and the peer). Every coder is TopK with
-``--k`` and ``--d-sae`` latents, trained for the same steps of ``--batch`` rows with its own
-trainer and that trainer's defaults (learning rate, schedule, optimiser, normalisation,
-auxiliary loss, initialisation), and scored with ``circuitlab.sparse.recovery.recovery`` on its
-decoder rows and with FVU (circuitlab's definition) on its own reconstruction of the held-out
-rows. Coder seeds differ from the data seed (see ``benchmarks/sparse_recovery.py``).
+``--worker``, which imports only torch, safetensors, the peer and ``sparse_recovery``'s shared
+pieces, whose module level needs only torch). Every coder is TopK with ``--k`` and ``--d-sae``
+latents, trained for the same steps of ``--batch`` rows with its own trainer and that trainer's
+defaults (learning rate, schedule, optimiser, normalisation, auxiliary loss, initialisation), and
+scored with ``circuitlab.sparse.recovery.recovery`` on its decoder rows and with FVU (circuitlab's
+definition) on its own reconstruction of the held-out rows. Coder seeds differ from the data seed
+(see ``benchmarks/sparse_recovery.py``).
 
 How each peer is fed tensors:
 
@@ -60,6 +61,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from sparse_recovery import (add_toy_args, frequency_quarters, held_out, recovery_scores, toy_data, toy_loader,
+                             toy_settings)
 
 PEERS = ("saelens", "sparsify")
 DIST = {"saelens": "sae-lens", "sparsify": "eai-sparsify"}
@@ -218,14 +222,10 @@ def _rows_metrics(held: torch.Tensor, recon: torch.Tensor, fired: torch.Tensor, 
     from circuitlab.sparse.recovery import recovery
 
     dens = fired.double().mean(0)
-    r = recovery(w_dec, data.dirs, thr)
-    best = torch.tensor(r["per_feature"])
     return {
         "fvu": float((held - recon).pow(2).sum() / spread(held)), "l0": float(fired.double().sum(-1).mean()),
         "dead_fraction": float((dens == 0).double().mean()),
-        "mmcs": r["mmcs"], "recovered": r["recovered"],
-        "recovered_common_quarter": float((best[common] >= thr).double().mean()),
-        "recovered_rare_quarter": float((best[rare] >= thr).double().mean()),
+        **recovery_scores(recovery(w_dec, data.dirs, thr), common, rare, thr),
         "mmcs_at_init": recovery(w_init, data.dirs, thr)["mmcs"],
     }
 
@@ -254,7 +254,6 @@ def run(a: argparse.Namespace) -> dict:
 
     from circuitlab.sparse.base import make_coder
     from circuitlab.sparse.store import ShardLoader
-    from circuitlab.sparse.synthetic import ToyData
     from circuitlab.sparse.topk import TopKConfig
     from circuitlab.sparse.trainer import TrainConfig, Trainer, default_lr
 
@@ -264,12 +263,11 @@ def run(a: argparse.Namespace) -> dict:
         if not Path(pythons[p]).exists():
             raise SystemExit(f"no python for peer {p!r} at {pythons[p]}: create its venv as the module docstring "
                              f"says, or pass --{p}-python")
-    data = ToyData(d=a.d, n_features=a.features, freq_exponent=a.exponent, mean_active=a.mean_active,
-                   noise=a.noise, shard_tokens=a.shard_tokens, seed=a.seed)
+    data = toy_data(a)
     steps = max(1, a.tokens // a.batch)
-    loader = ShardLoader(data.shard, a.shards, a.batch, seed=a.seed)
+    loader = toy_loader(data, a)
     train = torch.cat([loader.next().x for _ in range(steps)])
-    held = torch.cat([data.shard(10_000 + j).x for j in range(a.held_shards)])
+    held = held_out(data, a)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     stream_path = work / "stream.safetensors"
@@ -288,14 +286,12 @@ def run(a: argparse.Namespace) -> dict:
             self.i += 1
             return rows
 
-    order = torch.argsort(data.probs, descending=True)
-    quarter = max(1, a.features // 4)
-    common, rare = order[:quarter], order[-quarter:]
+    common, rare = frequency_quarters(data)
     coder = make_coder(TopKConfig(d_in=a.d, d_sae=a.d_sae, k=a.k, seed=a.coder_seed))
     w_init = coder.W_dec.detach().clone()
     tcfg = TrainConfig(total_tokens=a.tokens, batch_size=a.batch, progress=False, checkpoint_every=0)
     with tempfile.TemporaryDirectory() as out:
-        t = Trainer({"topk": coder}, Checked(data.shard, a.shards, a.batch, seed=a.seed), tcfg, out)
+        t = Trainer({"topk": coder}, toy_loader(data, a, Checked), tcfg, out)
         t.run(sample=data.shard(0))
         exp = t.export("topk")
     if t.loader.i != steps:
@@ -337,13 +333,12 @@ def run(a: argparse.Namespace) -> dict:
     return {
         "command": "python benchmarks/sparse_recovery_peers.py " + " ".join(sys.argv[1:]),
         "settings": {
-            "d": a.d, "n_features": a.features, "freq_exponent": a.exponent, "mean_active": a.mean_active,
-            "noise": a.noise, "d_sae": a.d_sae, "k": a.k, "steps": steps, "batch": a.batch,
+            **toy_settings(a), "d_sae": a.d_sae, "k": a.k, "steps": steps, "batch": a.batch,
             "tokens": steps * a.batch, "stream_sha256_16": digest, "held_out_tokens": int(held.shape[0]),
             "threshold": a.threshold, "threads": a.threads, "data_seed": a.seed, "coder_seed": a.coder_seed,
             "training": "one dumped stream (circuitlab's ShardLoader order); each coder with its own trainer "
                         "and that trainer's defaults; peers in their own venvs",
-            "common/rare quarter": f"the {quarter} most / least frequent features",
+            "common/rare quarter": f"the {len(common)} most / least frequent features",
         },
         "results": rows,
     }
@@ -355,20 +350,9 @@ def main() -> None:
     ap.add_argument("--saelens-python", default="runs/peers/saelens/bin/python", help="python of the SAE Lens venv")
     ap.add_argument("--sparsify-python", default="runs/peers/sparsify/bin/python", help="python of the sparsify venv")
     ap.add_argument("--work", default="runs/peers/sparse_recovery", help="folder for the stream and peer outputs")
-    ap.add_argument("--d", type=int, default=64, help="activation width")
-    ap.add_argument("--features", type=int, default=256, help="true features (directions)")
-    ap.add_argument("--exponent", type=float, default=1.0, help="power-law exponent of feature frequencies")
-    ap.add_argument("--mean-active", type=float, default=5.0, help="active features per row, on average")
-    ap.add_argument("--noise", type=float, default=0.01, help="Gaussian noise per dimension")
-    ap.add_argument("--d-sae", type=int, default=512, help="latents per coder")
+    add_toy_args(ap)
     ap.add_argument("--k", type=int, default=5, help="TopK k")
     ap.add_argument("--tokens", type=int, default=1_000_000, help="training tokens (rounded down to whole batches)")
-    ap.add_argument("--batch", type=int, default=1024)
-    ap.add_argument("--shards", type=int, default=64, help="training shards the loader cycles through")
-    ap.add_argument("--shard-tokens", type=int, default=4096)
-    ap.add_argument("--held-shards", type=int, default=4, help="held-out shards for FVU / L0")
-    ap.add_argument("--threshold", type=float, default=0.9, help="cosine at which a feature counts as recovered")
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="data seed")
     ap.add_argument("--coder-seed", type=int, default=1000, help="seed of every coder's init (not the data seed)")
     ap.add_argument("--json", default="benchmarks/results/sparse_recovery_peers.json")
