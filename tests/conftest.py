@@ -58,6 +58,21 @@ def tiny_model(tiny_dir):
     return make
 
 
+@pytest.fixture(scope="module")
+def zoo_model():
+    """Bundled zoo models by name, each loaded once per test module (then freed with the module)."""
+    import circuitlab as cl
+
+    cache = {}
+
+    def make(name: str):
+        if name not in cache:
+            cache[name] = cl.load(name, device="cpu")
+        return cache[name]
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def gpt2(tiny_model):
     return tiny_model("gpt2")

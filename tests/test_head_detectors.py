@@ -3,7 +3,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import circuitlab as cl
 from circuitlab.methods.head_detectors import head_scores, repeated_tokens, special_ids, word_tokens
 from circuitlab.viz.attention import attention_figure, head_scores_figure
 
@@ -34,18 +33,6 @@ def test_attention_figure(gpt2):
 # ---- zoo models: grouped-query (llama-zoo) and multi-head (gpt2-zoo), checked from raw weights
 
 
-@pytest.fixture(scope="module")
-def zoo():
-    cache = {}
-
-    def make(name):
-        if name not in cache:
-            cache[name] = cl.load(name, device="cpu")
-        return cache[name]
-
-    return make
-
-
 def _copying_from_scratch(model, layer: int, head: int, ids: list[int]) -> float:
     """Sum of eigenvalues over sum of their magnitudes of the full [n, n] matrix
     W_E g1 W_V W_O g W_U, every factor sliced out of the Hugging Face module's weights."""
@@ -74,8 +61,8 @@ def _copying_from_scratch(model, layer: int, head: int, ids: list[int]) -> float
 
 
 @pytest.mark.parametrize("name", ["llama-zoo", "gpt2-zoo"])
-def test_zoo_head_scores_match_weights(zoo, name):
-    model = zoo(name)
+def test_zoo_head_scores_match_weights(zoo_model, name):
+    model = zoo_model(name)
     assert (model.n_kv_heads < model.n_heads) == (name == "llama-zoo")
     toks = repeated_tokens(model, n=4, length=8)
     r = head_scores(model, toks, n_tokens=120)
@@ -87,14 +74,14 @@ def test_zoo_head_scores_match_weights(zoo, name):
     assert r.values[3, 1, 1] == pytest.approx(_copying_from_scratch(model, 1, 1, ids), abs=2e-4)
 
 
-def test_llama_zoo_patterns_match_plain_attention(zoo):
+def test_llama_zoo_patterns_match_plain_attention(zoo_model):
     """Layer-0 attention of every query head recomputed from the weights (RMSNorm, RoPE from the
     transformers implementation, shared key heads), against the pattern the detector scores read."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     from circuitlab.engine.cache import capture
 
-    model = zoo("llama-zoo")
+    model = zoo_model("llama-zoo")
     hf = model.bridge.original_model.model
     toks = repeated_tokens(model, n=2, length=6)
     blk, dh, H, KV = hf.layers[0], model.d_head, model.n_heads, model.n_kv_heads
@@ -174,8 +161,8 @@ def test_word_pool_on_smollm2_tokenizer():
     assert {" the", " and", " of"} <= {tok.decode([i]) for i in pool}
 
 
-def test_zoo_pool_is_its_frequent_words(zoo):
-    tok = zoo("gpt2-zoo").tokenizer
+def test_zoo_pool_is_its_frequent_words(zoo_model):
+    tok = zoo_model("gpt2-zoo").tokenizer
     pool = word_tokens(tok, 300)
     assert tok.convert_ids_to_tokens(pool[:3]) == ["the", "The", "an"]  # "<bos>", "<unk>", ".", ",", "a" skipped
     assert all(tok.decode([i]).isalpha() for i in pool) and pool == sorted(pool)

@@ -3,22 +3,9 @@
 import pytest
 import torch
 
-import circuitlab as cl
 from circuitlab.methods.logit_lens import logit_lens_topk
 
 PROMPT = "<bos> The capital of France is"
-
-
-@pytest.fixture(scope="module")
-def zoo():
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = cl.load(name, device="cpu")
-        return cache[name]
-
-    return get
 
 
 def _hf_lens(model, tokens):
@@ -34,8 +21,8 @@ def _hf_lens(model, tokens):
 
 
 @pytest.mark.parametrize("name", ["gpt2-zoo", "llama-zoo"])
-def test_every_layer_matches_the_hf_model(zoo, name):
-    model = zoo(name)
+def test_every_layer_matches_the_hf_model(zoo_model, name):
+    model = zoo_model(name)
     tokens = model.to_tokens(PROMPT)
     lens = logit_lens_topk(model, PROMPT, k=5)
     L, T = model.n_layers, tokens.shape[0]
@@ -61,8 +48,8 @@ def test_every_layer_matches_the_hf_model(zoo, name):
     assert lens.top_tokens[0][3][0] == model.tokenizer.decode(lens.top_ids[0, 3, :1].tolist())
 
 
-def test_token_ids_and_figure(zoo):
-    model = zoo("gpt2-zoo")
+def test_token_ids_and_figure(zoo_model):
+    model = zoo_model("gpt2-zoo")
     tokens = model.to_tokens(PROMPT)
     by_ids = logit_lens_topk(model, tokens[None], k=3)
     by_text = logit_lens_topk(model, PROMPT, k=3)
@@ -75,8 +62,8 @@ def test_token_ids_and_figure(zoo):
     assert list(heat.y) == by_text.layers
 
 
-def test_bad_input(zoo):
-    model = zoo("gpt2-zoo")
+def test_bad_input(zoo_model):
+    model = zoo_model("gpt2-zoo")
     with pytest.raises(ValueError, match="k must be"):
         logit_lens_topk(model, PROMPT, k=0)
     two = model.to_tokens(PROMPT)[None].repeat(2, 1)

@@ -5,7 +5,6 @@ import types
 import pytest
 import torch
 
-import circuitlab as cl
 from circuitlab.engine.forward import final_logits, run_to_final
 from circuitlab.engine.interventions import Intervention, generate, intervene
 from circuitlab.engine.sites import Node
@@ -16,26 +15,14 @@ FACT = "<bos> The capital of Germany is"  # the model says Berlin
 SOURCE = "<bos> People in France speak"  # France at position 3
 
 
-@pytest.fixture(scope="module")
-def zoo():
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = cl.load(name, device="cpu")
-        return cache[name]
-
-    return get
-
-
 def _own_probs(model, text):
     with torch.no_grad():
         return final_logits(model, run_to_final(model, model.to_tokens(text)[None])[0, -1]).softmax(-1)
 
 
 @pytest.mark.parametrize("name", ["gpt2-zoo", "llama-zoo"])
-def test_self_patch_reproduces_the_model(zoo, name):
-    model = zoo(name)
+def test_self_patch_reproduces_the_model(zoo_model, name):
+    model = zoo_model(name)
     own = _own_probs(model, FACT)
     plain = generate(model, model.to_tokens(FACT), 2)[-2:]
     for layer in (0, 2, model.n_layers):  # first block's input, a middle one, the final residual
@@ -47,10 +34,10 @@ def test_self_patch_reproduces_the_model(zoo, name):
             assert r.expected_prob == pytest.approx(float(own[model.token_id("Berlin")]), abs=1e-6)
 
 
-def test_other_prompt_changes_the_answer(zoo):
+def test_other_prompt_changes_the_answer(zoo_model):
     """France's residual (read in another sentence) written over Germany's: the capital moves
     to Paris in gpt2-zoo at any middle layer (measured: p(Paris) 0.91-0.99 for layers 1..3)."""
-    model = zoo("gpt2-zoo")
+    model = zoo_model("gpt2-zoo")
     assert int(_own_probs(model, FACT).argmax()) == model.token_id("Berlin")
     for layer in (1, 2, 3):
         r = patchscope(model, SOURCE, FACT, layer, source_position=3, target_position=4,
@@ -64,9 +51,9 @@ def test_other_prompt_changes_the_answer(zoo):
     assert r.expected_prob < 0.01
 
 
-def test_continuation_matches_a_stepwise_rerun(zoo):
+def test_continuation_matches_a_stepwise_rerun(zoo_model):
     """The greedy continuation equals one full patched forward pass per new token."""
-    model = zoo("gpt2-zoo")
+    model = zoo_model("gpt2-zoo")
     r = patchscope(model, SOURCE, FACT, (2, 2), 3, 4, max_new_tokens=4)
     src = model.to_tokens(SOURCE)[None]
     from circuitlab.engine.cache import capture
@@ -80,10 +67,10 @@ def test_continuation_matches_a_stepwise_rerun(zoo):
     assert torch.equal(r.continuation_ids, seq[0, -4:])
 
 
-def test_token_identity_reads_word_embeddings(zoo):
+def test_token_identity_reads_word_embeddings(zoo_model):
     """llama-zoo copies a repeated random-word sequence, so a word's layer-0 residual (its
     embedding: RoPE adds no position vector) patched at the placeholder is read back."""
-    model = zoo("llama-zoo")
+    model = zoo_model("llama-zoo")
     t = identity_target(model)
     assert t.text.startswith("<bos> cat dog tree lamp") and t.position == 4
     for word in ("rope", "fish", "castle", "moon"):
@@ -116,8 +103,8 @@ def test_paper_identity_prompt_with_a_bpe_tokenizer():
     assert tok.decode([ids[t.position]]) in ("?", " ?")
 
 
-def test_grid_shape_values_and_figure(zoo):
-    model = zoo("gpt2-zoo")
+def test_grid_shape_values_and_figure(zoo_model):
+    model = zoo_model("gpt2-zoo")
     L = model.n_layers
     g = patchscope_grid(model, SOURCE, FACT, source_position=3, target_position=4, k=3,
                         expected="Paris", max_new_tokens=2)
@@ -144,8 +131,8 @@ def test_grid_shape_values_and_figure(zoo):
     sub.figure()
 
 
-def test_bad_input(zoo):
-    model = zoo("gpt2-zoo")
+def test_bad_input(zoo_model):
+    model = zoo_model("gpt2-zoo")
     with pytest.raises(ValueError, match="out of range: use 0..4"):
         patchscope(model, SOURCE, FACT, 5)
     with pytest.raises(ValueError, match="source_position 9 is outside the 5-token prompt"):
