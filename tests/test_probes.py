@@ -123,10 +123,8 @@ def test_clear_errors():
 # --- zoo GPT-2 ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def gpt2z():
-    import circuitlab as cl
-
-    return cl.load("gpt2-zoo")
+def gpt2z(zoo_model):
+    return zoo_model("gpt2-zoo")
 
 
 def _country_prompts(n_countries=8, per_country=4):
