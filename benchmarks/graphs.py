@@ -4,7 +4,7 @@ For each prompt (at least five): completeness / replacement of the full graph, t
 and the probe-prompting sub-graph; probe-prompting groups against the two clustering baselines
 (same number of groups) on peak-token consistency and activation-pattern similarity; entity-
 swap transfer rate by layer; wall time to build one graph on this machine. Prints a markdown
-table and writes JSON. Reference (Gemma-2-2B, per METHODS.md): completeness 0.83 /
+table and writes JSON. Reference (Gemma-2-2B, see docs/methods.md section 2-3): completeness 0.83 /
 replacement 0.54; probe groups 2.3x (peak consistency) and 5.8x (activation similarity) better
 than geometric clustering.
 

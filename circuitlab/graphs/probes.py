@@ -1,4 +1,4 @@
-"""Concept hypotheses and probe prompts (probe prompting, METHODS.md section 9, steps 2-3).
+"""Concept hypotheses and probe prompts (probe prompting, docs/methods.md section 3, step 3).
 
 A concept is a label (one token, e.g. ``France``), a category (entity / relationship /
 attribute) and probes: short prompts mentioning it in varied contexts. The reference asks an

@@ -1,4 +1,4 @@
-"""Probe prompting end to end (Birardi 2025; METHODS.md section 9).
+"""Probe prompting end to end (Birardi 2025; docs/methods.md section 3).
 
 seed prompt + target -> attribution graph -> pruned graph -> features within the top
 ``cumulative`` influence -> concept probes -> activation signatures -> classes -> supernodes ->

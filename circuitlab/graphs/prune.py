@@ -1,4 +1,4 @@
-"""Influence, pruning and the replacement / completeness scores (METHODS.md section 8).
+"""Influence, pruning and the replacement / completeness scores (docs/methods.md section 2).
 
 A_hat = |A| with rows normalised to sum 1; influence on the logits B = A_hat + A_hat^2 + ...
 (the graph is a DAG, so the series ends after at most depth terms). Node score: the logit-

@@ -3,7 +3,7 @@
 Plain AtP linearises through the softmax and misses effects on saturated heads. Here, for a
 query at position t, the pattern row t is recomputed exactly with the new query; for a key at
 position j, the closed form below gives the exact change of every row t >= j when only that key
-changes (METHODS.md section 3):
+changes (docs/methods.md section 1):
 
     D_tj = s q_t . (k'_j - k_j),  E = A_tj expm1(D_tj),  S_t = sum_i A_ti G_ti
     I(k_j) = sum_{t>=j} E / (1 + E) * (G_tj - S_t)
