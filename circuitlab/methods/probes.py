@@ -92,7 +92,7 @@ def probe_dataset(model, prompts: Sequence[str], labels: Sequence[Hashable], sit
     engine's cache. ``types`` (default: the prompt texts) are the identities the control task
     labels; give the word at the probed position for word-level probes."""
     from circuitlab.api import exclusive
-    from circuitlab.methods.steering import _pad, _resolve
+    from circuitlab.tasks.tokenize import resolve_positions, right_pad
 
     if isinstance(prompts, str) or not len(prompts) or not all(isinstance(p, str) for p in prompts):
         raise ValueError("prompts must be a non-empty list of prompt strings")
@@ -106,8 +106,9 @@ def probe_dataset(model, prompts: Sequence[str], labels: Sequence[Hashable], sit
         raise ValueError(f"layers {bad or layers} are outside this model's blocks 0..{model.n_layers - 1}")
     if isinstance(position, bool) or not isinstance(position, int):
         raise TypeError(f"position must be an int token index, got {position!r}")
-    toks, lengths = _pad(model, list(prompts))
-    pos = _resolve(position, lengths)
+    toks, lengths = right_pad(model.tokenizer, list(prompts))
+    toks = toks.to(model.device)
+    pos = resolve_positions(position, lengths)
     out_of_range = ((pos < 0) | (pos >= lengths)).nonzero().flatten()
     if len(out_of_range):
         i = int(out_of_range[0])

@@ -27,6 +27,7 @@ from circuitlab.engine.cache import capture
 from circuitlab.engine.forward import final_logits, run_to_final
 from circuitlab.engine.interventions import Intervention, intervene, score
 from circuitlab.engine.sites import VECTOR_FAMILIES, Node, hook_name
+from circuitlab.tasks.tokenize import resolve_positions, right_pad
 
 NEUTRAL_TEXT: tuple[str, ...] = (
     "Mary went to the park . The park was quiet .",
@@ -202,7 +203,7 @@ def _from_task(model, task, position: Position):
                              "(or give an integer position)")
         pos = task.roles[position].cpu()
     else:
-        pos = _resolve(int(position), lengths)
+        pos = resolve_positions(int(position), lengths)
     bad = ((pos < 0) | (pos >= lengths)).nonzero().flatten()
     if len(bad):
         raise ValueError(f"position {position!r} falls outside prompt {int(bad[0])} "
@@ -216,7 +217,7 @@ def _prompts(model, prompts, position: Position, which: str):
     if isinstance(position, str):
         raise ValueError(f"role names such as {position!r} need a Task; give an integer position for prompt lists")
     toks, lengths = _pad(model, prompts)
-    pos = _resolve(int(position), lengths)
+    pos = resolve_positions(int(position), lengths)
     bad = ((pos < 0) | (pos >= lengths)).nonzero().flatten()
     if len(bad):
         i = int(bad[0])
@@ -246,21 +247,10 @@ def _pairs(model, pairs):
     return A, B, la - 1, lb - 1
 
 
-def _resolve(position: int, lengths: torch.Tensor) -> torch.Tensor:
-    """Per-prompt token index: non-negative as given, negative from each prompt's end."""
-    return lengths + position if position < 0 else torch.full_like(lengths, position)
-
-
 def _pad(model, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded token ids [n, max_len] (BOS first, as tasks tokenize) and real lengths [n]."""
-    from circuitlab.tasks.tokenize import encode, pad_id
-
-    ids = [encode(model.tokenizer, t) for t in texts]
-    lengths = torch.tensor([len(x) for x in ids])
-    out = torch.full((len(ids), int(lengths.max())), pad_id(model.tokenizer), dtype=torch.long)
-    for i, x in enumerate(ids):
-        out[i, : len(x)] = torch.tensor(x)
-    return out.to(model.device), lengths
+    """Right-padded token ids [n, max_len] on the model's device (BOS first) and real lengths [n]."""
+    toks, lengths = right_pad(model.tokenizer, texts)
+    return toks.to(model.device), lengths
 
 
 def _mean_at(model, tokens: torch.Tensor, pos: torch.Tensor, hook: str, batch_size: int) -> torch.Tensor:

@@ -92,14 +92,9 @@ class Rows:
 
 def tokenize_documents(tokenizer, docs: Sequence[str], ctx_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, ctx_len] token ids (one document per row, truncated, right-padded) and lengths."""
-    from circuitlab.tasks.tokenize import encode, pad_id
+    from circuitlab.tasks.tokenize import right_pad
 
-    ids = [encode(tokenizer, d, bos=True)[:ctx_len] for d in docs]
-    T = max(len(i) for i in ids)
-    out = torch.full((len(ids), T), pad_id(tokenizer), dtype=torch.long)
-    for r, i in enumerate(ids):
-        out[r, : len(i)] = torch.tensor(i)
-    return out, torch.tensor([len(i) for i in ids])
+    return right_pad(tokenizer, docs, ctx_len)
 
 
 @dataclass

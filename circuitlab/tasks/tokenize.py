@@ -40,6 +40,26 @@ def encode(tokenizer, text: str, bos: bool = True) -> list[int]:
     return ids
 
 
+def right_pad(tokenizer, texts, max_len: Optional[int] = None):
+    """Token ids of ``texts`` (BOS first, as :func:`encode`), each cut to ``max_len`` and
+    right-padded into one [n, longest] long tensor, with the real lengths [n]."""
+    import torch
+
+    ids = [encode(tokenizer, t, bos=True)[:max_len] for t in texts]
+    lengths = torch.tensor([len(x) for x in ids])
+    out = torch.full((len(ids), int(lengths.max())), pad_id(tokenizer), dtype=torch.long)
+    for i, x in enumerate(ids):
+        out[i, : len(x)] = torch.tensor(x)
+    return out, lengths
+
+
+def resolve_positions(position: int, lengths):
+    """Per-prompt token index: non-negative as given, negative counted from each prompt's end."""
+    import torch
+
+    return lengths + position if position < 0 else torch.full_like(lengths, position)
+
+
 def unknown_words(tokenizer, text: str, ids: Optional[list[int]] = None) -> list[str]:
     """The pieces of ``text`` that encode to the unknown token ([] when none do). A literal
     unknown-token string written in the text does not count."""
