@@ -46,8 +46,9 @@ def run_to_final(
     read_positions: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Run ``tokens`` [batch, pos] with ``hooks``; return the residual entering the final norm
-    ([batch, pos - start_pos, d_model]). ``kv_cache``: an empty HF DynamicCache to fill with the
-    run's keys/values (for later restarts). ``read_positions`` [batch, k] (relative to
+    ([batch, pos - start_pos, d_model]). ``kv_cache``: a HF DynamicCache to fill with the
+    run's keys/values (for later restarts); one already holding earlier positions makes
+    ``tokens`` the positions that follow them (cached generation). ``read_positions`` [batch, k] (relative to
     ``start_pos``): the only positions the caller will read; the last block's MLP then runs on
     those alone (the rest of the returned residual is not the model's). Callers must not hook
     the last block's MLP when they pass it."""
@@ -68,6 +69,8 @@ def run_to_final(
     if kv_cache is not None:
         kwargs["past_key_values"] = kv_cache
         kwargs["use_cache"] = True
+        if restart is None:  # a cache filled by earlier calls: continue after its positions
+            start = kv_cache.get_seq_length()
     # no throwaway cache: a model would build one from its config, sized for all its layers
     kwargs.setdefault("use_cache", False)
     T = tokens.shape[1]

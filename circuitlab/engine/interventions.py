@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
 
 import torch
 
-from circuitlab.engine.forward import _FinalResidual, _stop, final_logits, gather_positions, new_kv_cache, run_to_final
+from circuitlab.engine.forward import final_logits, gather_positions, new_kv_cache, run_to_final
 from circuitlab.engine.hooks import HookFn, scoped_hooks
 from circuitlab.engine.sites import HEAD_FAMILIES, UNIT_FAMILIES, Node
 
@@ -300,26 +300,13 @@ def _generate_cached(model, seq, max_new_tokens, ivs, stop_token, temperature, t
     for _ in range(max_new_tokens):
         new = seq[:, done:]
         hooks = intervention_hooks(model, _window(ivs, done, new.shape[1]))
-        resid = _run_cached(model, new, hooks, kv, done)
+        resid = run_to_final(model, new, hooks, kv_cache=kv)
         done = seq.shape[1]
         nxt = _pick(final_logits(model, resid[:, -1]), temperature, top_p, gen)
         seq = torch.cat([seq, nxt], 1)
         if stop_token is not None and bool((nxt == stop_token).all()):
             break
     return seq
-
-
-def _run_cached(model, tokens: torch.Tensor, hooks, kv, start: int) -> torch.Tensor:
-    """Run ``tokens`` (absolute positions ``start..``) against the keys/values in ``kv``,
-    appending theirs; return the residual entering the final norm."""
-    B, T = tokens.shape
-    pos_ids = torch.arange(start, start + T, device=tokens.device).expand(B, T)
-    with scoped_hooks(model.bridge, list(hooks) + [("ln_final.hook_in", _stop)]):
-        try:
-            model.bridge(tokens, return_type=None, past_key_values=kv, use_cache=True, position_ids=pos_ids)
-        except _FinalResidual as out:
-            return out.resid
-    raise RuntimeError("the model finished without reaching its final norm (ln_final.hook_in)")
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float, gen: Optional[torch.Generator]) -> torch.Tensor:
