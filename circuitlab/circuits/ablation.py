@@ -7,7 +7,7 @@ corrupted run's, or a mean), per copy, prompt and position.
 Edges: every receiver's input is rebuilt from the live run as
 ``input - sum over ablated edges (u -> v) of (u_live - u_ref)``: an edge kept in the circuit
 carries the sender's value in this very run (itself affected by upstream ablations), an ablated
-edge carries the reference value. Receiver inputs are applied as in circuitlab.engine.edges
+edge carries the reference value. Receiver inputs are applied as in circuitlab.circuits.edges
 (norm and per-head projection for q/k/v, ``mlp.hook_in`` for MLPs, ``ln_final.hook_in`` for the
 logits). Ablating every edge reproduces the reference run exactly; ablating none, the base run.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from circuitlab.engine.edges import Readers, input_change
+from circuitlab.circuits.edges import Readers, input_change
 
 
 def replace_hook(keep: torch.Tensor, ref: torch.Tensor, K: int):

@@ -4,7 +4,7 @@ score(u -> v) = (u(x_source) - u(x_base)) . dL/d(input of v) at the base run, su
 positions (or kept per position). Denoising: base = corrupted, source = clean; noising the
 reverse -- the same convention as node AtP, so each is compared with exact edge patching in the
 same direction. One forward pass per input for the writes, one forward and one backward for all
-receiver gradients (see circuitlab.engine.edges for how a receiver's input gradient is formed).
+receiver gradients (see circuitlab.circuits.edges for how a receiver's input gradient is formed).
 
 EAP-IG (Hanna et al. 2024, the "inputs" variant): the gradient is averaged over ``steps``
 points whose token embeddings interpolate from the base to the source prompt, alpha in
@@ -18,12 +18,11 @@ from typing import Optional
 
 import torch
 
+from circuitlab.circuits.edges import Readers, receiver_grads, sender_writes
 from circuitlab.circuits.graph import ComponentGraph, component_graph
 from circuitlab.circuits.scores import EdgeScores, make_scores
 from circuitlab.engine.cache import capture
-from circuitlab.engine.edges import Readers, receiver_grads, sender_writes
 from circuitlab.engine.forward import metric_per_prompt
-from circuitlab.methods.exact import base_and_source
 from circuitlab.result import Cost
 
 
@@ -40,7 +39,7 @@ def eap(model, task, direction: str = "denoising", per_position: bool = False,
     t0 = time.perf_counter()
     graph = graph or component_graph(model)
     readers = Readers.of(model)
-    base, src = base_and_source(task, direction)
+    base, src = task.base_and_source(direction)
     delta = sender_writes(model, src, readers) - sender_writes(model, base, readers)
     rg = receiver_grads(model, graph, base, task.metric, readers)
     values = _contract(delta, rg.grads, per_position)
@@ -57,7 +56,7 @@ def eap_ig(model, task, direction: str = "denoising", steps: int = 8, per_positi
     t0 = time.perf_counter()
     graph = graph or component_graph(model)
     readers = Readers.of(model)
-    base, src = base_and_source(task, direction)
+    base, src = task.base_and_source(direction)
     B, T = base.shape
     delta = sender_writes(model, src, readers) - sender_writes(model, base, readers)
     e_base = capture(model, base, ["hook_embed"])["hook_embed"]

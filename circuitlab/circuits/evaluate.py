@@ -5,7 +5,7 @@ The circuit runs on the clean prompts; every node (or edge) outside it takes a r
 mean over a reference set of prompts, per position. Faithfulness
 F(C) = (m(C) - m(empty)) / (m(M) - m(empty)), with m(M) the unablated clean run and m(empty)
 everything ablated; the metric's normalisation is affine and cancels. Many circuits are
-evaluated as copies of the batch in one pass (see circuitlab.engine.ablation).
+evaluated as copies of the batch in one pass (see circuitlab.circuits.ablation).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Optional, Sequence
 
 import torch
 
+from circuitlab.circuits.ablation import edge_ablation_hooks, replace_hook
 from circuitlab.circuits.circuit import Circuit, Scores, ranking
+from circuitlab.circuits.edges import Readers, sender_hooks, writes_from_cache
 from circuitlab.circuits.graph import ComponentGraph, component_graph
-from circuitlab.engine.ablation import edge_ablation_hooks, replace_hook
 from circuitlab.engine.cache import capture
-from circuitlab.engine.edges import Readers, sender_hooks, writes_from_cache
 from circuitlab.engine.forward import final_logits, gather_positions, run_to_final
 from circuitlab.result import atomic_write, result_files
 

@@ -17,13 +17,12 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from circuitlab.circuits.edges import Readers, input_change, project, sender_hooks, writes_from_cache
 from circuitlab.circuits.graph import ComponentGraph, component_graph
 from circuitlab.circuits.scores import EdgeScores, make_scores
 from circuitlab.engine.cache import capture
-from circuitlab.engine.edges import Readers, input_change, project, sender_hooks, writes_from_cache
 from circuitlab.engine.forward import Restart, final_logits, gather_positions, run_to_final
 from circuitlab.engine.patching import chunk_size_for
-from circuitlab.methods.exact import base_and_source
 from circuitlab.result import Cost
 
 Edge = tuple[int, int]
@@ -34,7 +33,7 @@ class _Setup:
 
     def __init__(self, model, task, direction, graph, readers):
         self.model, self.task, self.graph, self.readers = model, task, graph, readers
-        self.base, src = base_and_source(task, direction)
+        self.base, src = task.base_and_source(direction)
         L = model.n_layers
         resid = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [readers.mlp_resid(l) for l in range(L)]
         c = capture(model, self.base, sender_hooks(model) + resid)

@@ -114,9 +114,8 @@ def verify(model, task, estimate: Result, n_verify: int = 20, samples: int = 64,
     (each node in with probability ``p``): c(n) = E[I(S) | n in S] - E[I(S) | n not in S], and
     bound = max_n |c(n)| + z_{1-delta/2} * se(n). Results are stored in ``estimate.meta``."""
     from circuitlab.engine.sites import Node
-    from circuitlab.methods.exact import base_and_source
 
-    base, src = base_and_source(task, estimate.direction)
+    base, src = task.base_and_source(estimate.direction)
     nodes = [Node.parse(l) for l in estimate.labels]
     rank = estimate.extras.get("rank_score", estimate.values.abs()).flatten()
     order = rank.argsort(descending=True).tolist()

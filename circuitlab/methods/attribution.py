@@ -51,9 +51,7 @@ def node_values(nodes: Sequence[Node], scores: dict[str, torch.Tensor], roles: d
 
 
 def prepare(model, task, sites, direction, positions, layers) -> tuple[torch.Tensor, torch.Tensor, Grid]:
-    from circuitlab.methods.exact import base_and_source
-
-    base, src = base_and_source(task, direction)
+    base, src = task.base_and_source(direction)
     grid = site_grid(model, base.shape[1], sites, positions, layers)
     validate_nodes(model, grid.nodes, base.shape[1])
     return base, src, grid

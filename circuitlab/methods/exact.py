@@ -17,17 +17,6 @@ from circuitlab.engine.patching import patch_nodes, validate_nodes
 from circuitlab.methods.grid import site_grid
 from circuitlab.result import Cost, Result
 
-DIRECTIONS = ("denoising", "noising")
-
-
-def base_and_source(task, direction: str):
-    if direction not in DIRECTIONS:
-        raise ValueError(f"unknown direction {direction!r}; use 'denoising' (clean into corrupted) or 'noising'")
-    if direction == "denoising":
-        return task.corrupt_tokens, task.clean_tokens
-    return task.clean_tokens, task.corrupt_tokens
-
-
 def exact(
     model,
     task,
@@ -44,7 +33,7 @@ def exact(
 ) -> Result:
     """Patch every node of ``sites`` one at a time; see circuitlab.methods.grid for site specs."""
     t0 = time.perf_counter()
-    base, src_tokens = base_and_source(task, direction)
+    base, src_tokens = task.base_and_source(direction)
     grid = site_grid(model, base.shape[1], sites, positions, layers)
     validate_nodes(model, grid.nodes, base.shape[1])
     hooks = sorted({n.hook for n in grid.nodes})

@@ -40,12 +40,11 @@ def patch_latents(model, task, coders: Sequence, method: str = "exact", directio
     method ``exact``: one patched run per latent (batched by the engine); ``atp``:
     (f_source - f_base) * dmetric/df from one forward and backward pass."""
     from circuitlab.methods.attribution import node_values
-    from circuitlab.methods.exact import base_and_source
 
     if method not in ("exact", "atp"):
         raise ValueError(f"latents support method 'exact' or 'atp', not {method!r}")
     t0 = time.perf_counter()
-    base, src = base_and_source(task, direction)
+    base, src = task.base_and_source(direction)
     positions = list(range(base.shape[1])) if positions is None else list(positions)
     nodes = latent_nodes(coders, positions, units)
     m = task.metric

@@ -19,6 +19,9 @@ import torch
 from circuitlab.tasks import metrics as M
 from circuitlab.tasks.tokenize import encode, pad_id, single_token
 
+DIRECTIONS = ("denoising", "noising")
+"""Denoising runs the corrupted prompts and takes values from the clean run; noising the reverse."""
+
 
 @dataclass
 class Task:
@@ -48,6 +51,17 @@ class Task:
     @property
     def answer_pos(self) -> torch.Tensor:
         return self.lengths - 1
+
+    def base_and_source(self, direction: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens the patched run starts from, tokens the patched-in values come from).
+
+        Why a method: every patching method, edge method and coder attribution picks its two
+        runs by ``direction``; one place keeps the convention (and its error) the same."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {direction!r}; use 'denoising' (clean into corrupted) or 'noising'")
+        if direction == "denoising":
+            return self.corrupt_tokens, self.clean_tokens
+        return self.clean_tokens, self.corrupt_tokens
 
     def to(self, device) -> "Task":
         for k in ("clean_tokens", "corrupt_tokens", "lengths", "answer_ids", "wrong_ids"):
