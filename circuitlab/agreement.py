@@ -7,13 +7,15 @@ import torch
 from circuitlab.result import Result
 
 
-def _rank(x: torch.Tensor) -> torch.Tensor:
+def rank(x: torch.Tensor) -> torch.Tensor:
+    """Rank of each entry (0 = smallest; ties broken by position): Spearman is Pearson of ranks."""
     r = torch.empty_like(x)
     r[x.argsort()] = torch.arange(len(x), dtype=x.dtype)
     return r
 
 
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation; NaN where it is undefined (fewer than two values or a constant side)."""
     if len(a) < 2 or a.std() == 0 or b.std() == 0:
         return float("nan")
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
@@ -54,9 +56,9 @@ def compare(estimate: Result, reference: Result, k: int = 10) -> dict:
     top_e = set(e.abs().argsort(descending=True)[:k].tolist())
     top_r = set(r.abs().argsort(descending=True)[:k].tolist())
     return {
-        "pearson": _pearson(e, r),
-        "spearman": _pearson(_rank(e), _rank(r)),
-        "spearman_1pct": _pearson(_rank(e[big]), _rank(r[big])) if int(big.sum()) > 2 else float("nan"),
+        "pearson": pearson(e, r),
+        "spearman": pearson(rank(e), rank(r)),
+        "spearman_1pct": pearson(rank(e[big]), rank(r[big])) if int(big.sum()) > 2 else float("nan"),
         f"recall@{k}": len(top_e & top_r) / k,
         "sign_agreement": float((torch.sign(e[big]) == torch.sign(r[big])).double().mean()) if big.any() else float("nan"),
         "verifications_to_recall": needed,

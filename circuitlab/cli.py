@@ -7,30 +7,9 @@ import importlib
 import sys
 from pathlib import Path
 
+from circuitlab.resolve import load_model, load_task, looks_like_file
 
-def _load_model(name: str | None):
-    import circuitlab as cl
-    from circuitlab.zoo import list_models
-
-    if name is None:
-        zoo = list_models()
-        if not zoo:
-            raise SystemExit("no bundled zoo model is installed; pass --model PATH_OR_HUB_ID")
-        name = "gpt2-zoo" if "gpt2-zoo" in zoo else zoo[0]
-    return cl.load(name)
-
-
-def _task(model, spec: str, n: int, seed: int):
-    import circuitlab as cl
-
-    from circuitlab.tasks.bundled import BUNDLED
-
-    # a bundled name wins over a same-named file or folder (``--out ioi`` makes one); an argument
-    # that looks like a path (.jsonl/.json, a separator) or names an existing file is a JSONL
-    looks_like_file = Path(spec).suffix in (".jsonl", ".json") or "/" in spec or "\\" in spec
-    if not looks_like_file and (spec in BUNDLED or not Path(spec).is_file()):
-        return cl.tasks.bundled(model, spec, n=n, seed=seed)
-    return cl.tasks.from_pairs(model, spec, name=Path(spec).stem)
+_load_model, _task = load_model, load_task  # moved; kept until callers are updated
 
 
 def _names(what: str, text: str, valid) -> list[str]:
@@ -50,8 +29,7 @@ def check_task_arg(spec: str) -> None:
     """A task argument that looks like a file must be a readable file (checked before model loading)."""
     from circuitlab.tasks.bundled import BUNDLED
 
-    looks_like_file = Path(spec).suffix in (".jsonl", ".json") or "/" in spec or "\\" in spec
-    if looks_like_file or (spec not in BUNDLED and Path(spec).exists()):
+    if looks_like_file(spec) or (spec not in BUNDLED and Path(spec).exists()):
         path = Path(spec)
         if not path.exists():
             raise ValueError(f"--task {spec!r}: no such file (give a JSONL of {{clean, corrupt, answer, wrong}} "
@@ -76,7 +54,6 @@ def check_out_arg(out: str) -> Path:
 
 
 def cmd_sweep(a) -> None:
-    import circuitlab as cl
     from circuitlab.api import METHODS, check_sites
     from circuitlab.methods.grid import SITE_SPECS
     from circuitlab.validate import check_positive_int
@@ -93,8 +70,8 @@ def cmd_sweep(a) -> None:
     check_task_arg(a.task)
     check_out_arg(a.out)
     a.sites, a.method = ",".join(site_list), ",".join(methods)
-    model = _load_model(a.model)
-    task = _task(model, a.task, a.n, a.seed)
+    model = load_model(a.model)
+    task = load_task(model, a.task, a.n, a.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [["sites", "method", "direction", "forward passes", "backward passes", "seconds", "top node", "top value"]]

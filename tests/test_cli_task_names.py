@@ -5,7 +5,7 @@ import json
 import pytest
 
 import circuitlab as cl
-from circuitlab.cli import _task
+from circuitlab.resolve import load_task as _task
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,6 @@ def add_parser(subparsers, formatter_class) -> None:
 
 
 def _model_and_task(a):
-    import circuitlab as cl
 
     if a.model and a.model.startswith("planted:"):
         from circuitlab.circuits.planted import build
@@ -51,10 +50,10 @@ def _model_and_task(a):
         return model, planted.task(model, a.n, a.seed)
     if a.task == "planted":
         raise ValueError("--task planted needs --model planted:induction or planted:copy")
-    from circuitlab.cli import _load_model, _task
+    from circuitlab.resolve import load_model, load_task
 
-    model = _load_model(a.model)
-    return model, _task(model, a.task, a.n, a.seed)
+    model = load_model(a.model)
+    return model, load_task(model, a.task, a.n, a.seed)
 
 
 def run(a) -> None:

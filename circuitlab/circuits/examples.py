@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import torch
 
 from circuitlab.engine.interventions import Intervention, generate, score
 from circuitlab.engine.sites import Node
@@ -68,10 +67,10 @@ def main(argv=None) -> None:
     ap.add_argument("--head", type=int, default=None)
     ap.add_argument("--n", type=int, default=32)
     a = ap.parse_args(argv)
-    from circuitlab.cli import _task
+    from circuitlab.resolve import load_task
 
     model = cl.load(a.model)
-    task = _task(model, a.task, a.n, 0)
+    task = load_task(model, a.task, a.n, 0)
     out = value_scaling(model, task, a.layer, a.head)
     print(f"head L{out['layer']}.H{out['head']} (value vectors {out['value_head']}); prompt: {out['prompt']!r}")
     print(f"{'scale':>6} {'metric':>9} {'answer wins':>12}  continuation")

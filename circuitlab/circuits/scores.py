@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import torch
 
-from circuitlab.circuits.graph import ComponentGraph, Receiver, Sender
+from circuitlab.circuits.graph import ComponentGraph
 from circuitlab.result import Cost, atomic_files, result_files
 
 FORMAT = "circuitlab.edges/1"
@@ -132,13 +132,13 @@ def make_scores(graph: ComponentGraph, values: torch.Tensor, method: str, direct
 def compare_edges(estimate: EdgeScores, reference: EdgeScores, ks: tuple[int, ...] = (10, 50)) -> dict:
     """Agreement of edge scores with a reference (usually exact edge patching) over all edges:
     Pearson, Spearman, and recall of the reference's top-k (by magnitude) in the estimate's top-k."""
-    from circuitlab.agreement import _pearson, _rank
+    from circuitlab.agreement import pearson, rank
 
     if estimate.senders != reference.senders or estimate.receivers != reference.receivers:
         raise ValueError("edge scores come from different graphs")
     m = reference.mask
     a, b = estimate.summed[m].double(), reference.summed[m].double()
-    out = {"edges": int(m.sum()), "pearson": _pearson(a, b), "spearman": _pearson(_rank(a), _rank(b))}
+    out = {"edges": int(m.sum()), "pearson": pearson(a, b), "spearman": pearson(rank(a), rank(b))}
     for k in ks:
         k = min(k, len(a))
         ta = set(a.abs().argsort(descending=True)[:k].tolist())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import Optional, Sequence
 
-import torch
 
 from circuitlab.engine.cache import capture
 from circuitlab.engine.gradients import forward_for_grads

@@ -47,9 +47,6 @@ def dla(model, task, by: str = "head", tokens: str = "clean") -> Result:
         raise ValueError(f"unknown DLA grouping {by!r}; choose from {BY}")
     t0 = time.perf_counter()
     toks = task.clean_tokens if tokens == "clean" else task.corrupt_tokens
-    B = toks.shape[0]
-    b = torch.arange(B, device=toks.device)
-    pos = task.answer_pos
     L = model.n_layers
     names = ["blocks.0.hook_resid_pre", "ln_final.hook_scale", f"blocks.{L - 1}.hook_resid_post"]
     has_pos = getattr(model.bridge.cfg, "positional_embedding_type", "") == "standard"
