@@ -94,17 +94,17 @@ def toy_settings(a: argparse.Namespace) -> dict:
 
 
 def run(a: argparse.Namespace) -> dict:
-    from circuitlab.sparse.base import ARCHITECTURES, _load_all, config_class, make_coder
+    from circuitlab.sparse.base import config_class, load_architectures, make_coder
     from circuitlab.sparse.evaluate import reconstruction_metrics
     from circuitlab.sparse.recovery import coder_recovery
     from circuitlab.sparse.trainer import TrainConfig, Trainer
 
     data = toy_data(a)
-    _load_all()
-    archs = a.archs or sorted(ARCHITECTURES)
-    unknown = [x for x in archs if x not in ARCHITECTURES]
+    registered = load_architectures()
+    archs = a.archs or sorted(registered)
+    unknown = [x for x in archs if x not in registered]
     if unknown:
-        raise SystemExit(f"unknown architecture(s) {unknown}; registered: {', '.join(sorted(ARCHITECTURES))}")
+        raise SystemExit(f"unknown architecture(s) {unknown}; registered: {', '.join(sorted(registered))}")
     # coder seeds differ from the data seed: ToyData and a coder seeded alike draw the same first
     # torch.randn rows, which would start an autoencoder's decoder on the true directions
     runs = []  # (row name, arch, config overrides)

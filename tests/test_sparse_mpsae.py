@@ -9,7 +9,7 @@ import torch
 
 from circuitlab.sparse.base import LossContext, config_class, make_coder
 from circuitlab.sparse.files import load_coder, save_coder
-from circuitlab.sparse.mpsae import matching_pursuit
+from circuitlab.sparse.architectures.mpsae import matching_pursuit
 from circuitlab.sparse.recovery import recovery
 from circuitlab.sparse.store import ShardLoader
 from circuitlab.sparse.synthetic import ToyData

@@ -12,7 +12,9 @@ function and the sparsity term; each lives in its own file and registers itself 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Optional
 
@@ -20,7 +22,9 @@ import torch
 from torch import nn
 
 ARCHITECTURES: dict[str, type["SparseCoder"]] = {}
-"""name -> coder class (filled by ``@register``)."""
+"""name -> coder class (filled by ``@register`` as ``load_architectures`` imports the modules)."""
+
+_loaded = False
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -34,22 +38,40 @@ def register(name: str) -> Callable[[type], type]:
     return deco
 
 
+def load_architectures() -> dict[str, type["SparseCoder"]]:
+    """The registry, after importing every module of ``circuitlab/sparse/architectures/`` once.
+
+    Why discovery instead of a list of imports: an architecture is one file in that folder and
+    its ``@register`` line; nothing else names it."""
+    global _loaded
+    if not _loaded:
+        from circuitlab.sparse import architectures
+
+        for m in pkgutil.iter_modules(architectures.__path__):
+            importlib.import_module(f"{architectures.__name__}.{m.name}")
+        _loaded = True
+    return ARCHITECTURES
+
+
+_load_all = load_architectures  # kept until callers are updated
+
+
+def coder_class(arch: str) -> type["SparseCoder"]:
+    """The coder class registered as ``arch``."""
+    archs = load_architectures()
+    if arch not in archs:
+        raise ValueError(f"unknown architecture {arch!r}; registered: {', '.join(sorted(archs))}")
+    return archs[arch]
+
+
 def config_class(arch: str) -> type["CoderConfig"]:
     """The config dataclass of architecture ``arch``."""
-    _load_all()
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; registered: {', '.join(sorted(ARCHITECTURES))}")
-    return ARCHITECTURES[arch].config_cls
+    return coder_class(arch).config_cls
 
 
 def make_coder(cfg: "CoderConfig") -> "SparseCoder":
     """Build the coder that ``cfg.arch`` names."""
-    _load_all()
-    return ARCHITECTURES[cfg.arch](cfg)
-
-
-def _load_all() -> None:
-    from circuitlab.sparse import batchtopk, jumprelu, mpsae, relu, topk  # noqa: F401  (register)
+    return coder_class(cfg.arch)(cfg)
 
 
 @dataclass
@@ -57,7 +79,7 @@ class CoderConfig:
     """Shapes, sites and initialisation shared by every architecture."""
 
     arch: str = ""
-    """Registered architecture name: relu, topk, batchtopk, jumprelu, mpsae (set by the subclass)."""
+    """Registered architecture name (``ARCHITECTURES``; each architecture's config sets it)."""
     d_in: int = 0
     """Width of one source vector (d_model for residual / MLP-input sites)."""
     d_sae: int = 0
@@ -200,10 +222,25 @@ class SparseCoder(nn.Module):
     """
 
     arch: ClassVar[str] = ""
+    """Registered name (set by ``@register``)."""
     config_cls: ClassVar[type[CoderConfig]] = CoderConfig
+    """The architecture's config dataclass."""
     homogeneous_encoder: ClassVar[bool] = False
     """True when scaling W_enc (with b_enc = 0) scales every latent by the same factor and
     changes nothing else about training (TopK, BatchTopK: no penalty on latent size)."""
+    tied: ClassVar[bool] = False
+    """True when the coder has no encoder weights of its own (no ``W_enc_t``, no ``b_enc``): the
+    encoder is derived from the decoder (matching pursuit). Files then hold no encoder either."""
+    inference_arch: ClassVar[str] = ""
+    """The architecture ``for_inference`` turns this one into, when it differs (BatchTopK:
+    jumprelu). Files always hold that one; a file naming this architecture is read as it."""
+    lens_sae: ClassVar[str] = ""
+    """SAE Lens ``architecture`` of this coder as an SAE ("" where SAE Lens has none: saved as
+    ``circuitlab_<arch>``). Files with this name and no circuitlab config are read as this class."""
+    lens_transcoder: ClassVar[str] = ""
+    """The same for a transcoder without a skip connection ("": ``circuitlab_<arch>_transcoder``)."""
+    lens_skip_transcoder: ClassVar[str] = ""
+    """The same for a skip transcoder ("": ``circuitlab_<arch>_transcoder``)."""
 
     def __init__(self, cfg: CoderConfig):
         super().__init__()
@@ -214,13 +251,14 @@ class SparseCoder(nn.Module):
         w = torch.randn(n, dout, generator=g)
         w = w / w.norm(dim=-1, keepdim=True) * cfg.init_decoder_norm
         self.W_dec = nn.Parameter(w)
-        if cfg.autoencoder:
-            w_enc = w.t().clone()
-        else:
-            w_enc = torch.randn(din, n, generator=g)
-            w_enc = w_enc / w_enc.norm(dim=0, keepdim=True) * cfg.init_decoder_norm
-        self.W_enc_t = nn.Parameter(w_enc.t().contiguous())
-        self.b_enc = nn.Parameter(torch.zeros(n))
+        if not self.tied:
+            if cfg.autoencoder:
+                w_enc = w.t().clone()
+            else:
+                w_enc = torch.randn(din, n, generator=g)
+                w_enc = w_enc / w_enc.norm(dim=0, keepdim=True) * cfg.init_decoder_norm
+            self.W_enc_t = nn.Parameter(w_enc.t().contiguous())
+            self.b_enc = nn.Parameter(torch.zeros(n))
         self.b_dec = nn.Parameter(torch.zeros(dout))
         self.W_skip = nn.Parameter(torch.zeros(din, dout)) if cfg.skip else None
         self.register_buffer("in_scale", torch.ones(S))
@@ -233,10 +271,20 @@ class SparseCoder(nn.Module):
         """[d_in, d_sae] encoder (a view of ``W_enc_t``; its gradient is ``W_enc_t.grad``)."""
         return self.W_enc_t.t()
 
-    # -- shapes ----------------------------------------------------------------------------
+    # -- shapes and sites ------------------------------------------------------------------
     @property
     def d_sae(self) -> int:
         return self.cfg.d_sae
+
+    @property
+    def hook_in(self) -> str:
+        """The hook the coder reads (its first source; "" when the config names none)."""
+        return self.cfg.hooks_in[0] if self.cfg.hooks_in else ""
+
+    @property
+    def hook_out(self) -> str:
+        """The hook it writes (its first target; the hook it reads for an SAE)."""
+        return (tuple(self.cfg.hooks_out) or tuple(self.cfg.hooks_in) or ("",))[0]
 
     def flat_in(self, x: torch.Tensor) -> torch.Tensor:
         """[..., S, d_in] or [..., S*d_in] -> [..., S*d_in]."""
@@ -268,6 +316,12 @@ class SparseCoder(nn.Module):
                 raise ValueError("a transcoder with a skip connection needs the input to decode")
             y = y + self.flat_in(x) @ self.W_skip
         return y
+
+    def skip_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The skip connection's share of the output, ``x @ W_skip`` (zeros without one)."""
+        if self.W_skip is None:
+            return torch.zeros(*x.shape[:-1], self.W_dec.shape[1], dtype=x.dtype, device=x.device)
+        return self.flat_in(x) @ self.W_skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.flat_in(x)
@@ -334,6 +388,48 @@ class SparseCoder(nn.Module):
     def extra_tensors(self) -> dict[str, torch.Tensor]:
         """Non-parameter tensors to save (thresholds)."""
         return {}
+
+    # -- files in the SAE Lens layout (circuitlab.sparse.files) -------------------------------
+    def lens_architecture(self) -> str:
+        """The ``architecture`` written to cfg.json: SAE Lens's name where it has this coder."""
+        cfg = self.cfg
+        if cfg.n_sources != 1 or cfg.n_targets_ != 1:
+            return f"circuitlab_crosscoder_{cfg.arch}"
+        if cfg.autoencoder:
+            return self.lens_sae or f"circuitlab_{cfg.arch}"
+        return (self.lens_skip_transcoder if cfg.skip else self.lens_transcoder) or f"circuitlab_{cfg.arch}_transcoder"
+
+    def lens_fields(self) -> dict:
+        """Architecture fields of cfg.json besides the shapes and sites (TopK: ``k``)."""
+        return {}
+
+    @classmethod
+    def lens_config(cls, lens: dict) -> dict:
+        """Config fields of this architecture read from a cfg.json written by SAE Lens (the
+        inverse of ``lens_fields``); raise ValueError for settings this class cannot reproduce."""
+        act = lens.get("activation_fn", lens.get("activation_fn_str", "relu"))
+        if act not in ("relu", None):
+            raise ValueError(f"activation function {act!r} is not supported")
+        return {}
+
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        """The weights file's tensors, SAE Lens names and orientation (W_skip as [d_out, d_in])."""
+        t = {"W_dec": self.W_dec, "b_dec": self.b_dec}
+        if not self.tied:
+            t.update(W_enc=self.W_enc, b_enc=self.b_enc)
+        if self.W_skip is not None:
+            t["W_skip"] = self.W_skip.t()
+        t.update(self.extra_tensors())
+        return t
+
+    def state_from_file(self, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The state dict that weights-file tensors ``t`` load as (the inverse of ``file_tensors``)."""
+        sd = {"W_dec": t["W_dec"], "b_dec": t["b_dec"]}
+        if not self.tied:
+            sd.update(W_enc=t["W_enc"], b_enc=t["b_enc"])
+        if "W_skip" in t:
+            sd["W_skip"] = t["W_skip"].t()
+        return sd
 
 
 def _encoder_to_saved_layout(module, state_dict, prefix, local_metadata) -> None:

@@ -3,7 +3,7 @@
 Why: real features nest (``animal`` -> ``dog``, ``cat``), and a child's direction shares a part
 with its parent's. One-shot encoders (TopK, ReLU) score every latent against the whole input, so
 nested, correlated directions are where they merge or split features (feature absorption) and
-where matching pursuit (``circuitlab.sparse.mpsae``) is claimed to help. Here the hierarchy is
+where matching pursuit (``circuitlab.sparse.architectures.mpsae``) is claimed to help. Here the hierarchy is
 known, so a coder's decoder can be scored against parents and children separately
 (``circuitlab.sparse.recovery``).
 

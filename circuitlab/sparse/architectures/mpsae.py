@@ -26,9 +26,9 @@ must reconstruct its own input from one source (no transcoders, no crosscoders).
 
 Files (SAE Lens layout, ``circuitlab.sparse.files``): SAE Lens's ``matching_pursuit``
 architecture is the same tied pursuit, and with ``max_iterations = k``, ``residual_threshold = 0``
-and ``stop_on_duplicate_support = false`` (written to cfg.json) it runs exactly these k steps.
-The weights file holds what that class loads: ``W_dec`` [d_sae, d_in] (unit rows) and ``b_dec``
-[d_in]; no ``W_enc``, no ``b_enc``. The training normalisation is folded into ``b_dec`` alone
+and ``stop_on_duplicate_support = false`` (written to cfg.json by ``lens_fields``) it runs exactly
+these k steps. The coder is ``tied``, so the weights file holds what that class loads: ``W_dec``
+[d_sae, d_in] (unit rows) and ``b_dec`` [d_in]; no ``W_enc``, no ``b_enc``. The training normalisation is folded into ``b_dec`` alone
 (``fold_scaling``): the atoms stay unit-norm, which pursuit needs, and the latents come out in
 raw activation units.
 """
@@ -96,11 +96,8 @@ def dense_latents(idx: torch.Tensor, coef: torch.Tensor, n: int) -> torch.Tensor
 @register("mpsae")
 class MPSAECoder(SparseCoder):
     config_cls = MPSAEConfig
-
-    def __init__(self, cfg: MPSAEConfig):
-        super().__init__(cfg)
-        del self.W_enc_t  # tied: the atoms are both the analysis and the synthesis dictionary
-        del self.b_enc
+    tied = True  # the atoms are both the analysis and the synthesis dictionary: no W_enc, no b_enc
+    lens_sae = "matching_pursuit"
 
     @property
     def W_enc(self) -> torch.Tensor:
@@ -154,3 +151,17 @@ class MPSAECoder(SparseCoder):
         self.b_dec.div_(self.out_scale)
         self.in_scale.fill_(1.0)
         self.out_scale.fill_(1.0)
+
+    def lens_fields(self) -> dict:
+        """SAE Lens's matching_pursuit runs exactly k steps with these settings."""
+        return {"max_iterations": self.cfg.k, "residual_threshold": 0.0, "stop_on_duplicate_support": False}
+
+    @classmethod
+    def lens_config(cls, lens: dict) -> dict:
+        """``k`` from a fixed-step matching_pursuit cfg.json; other stopping rules are refused."""
+        super().lens_config(lens)
+        if lens.get("residual_threshold", 1e-2) != 0 or lens.get("stop_on_duplicate_support", True) \
+                or lens.get("max_iterations") is None:
+            raise ValueError("only fixed-step matching_pursuit SAEs are supported (max_iterations set, "
+                             "residual_threshold = 0, stop_on_duplicate_support = false): mpsae runs exactly k steps")
+        return {"k": int(lens["max_iterations"])}

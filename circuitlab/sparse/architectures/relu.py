@@ -26,6 +26,7 @@ class ReLUConfig(CoderConfig):
 @register("relu")
 class ReLUCoder(SparseCoder):
     config_cls = ReLUConfig
+    lens_sae, lens_transcoder, lens_skip_transcoder = "standard", "transcoder", "skip_transcoder"
 
     def activate(self, h: torch.Tensor) -> torch.Tensor:
         return torch.relu(h)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from circuitlab.sparse.architectures.jumprelu import JumpReLUCoder, JumpReLUConfig
+from circuitlab.sparse.architectures.topk import TopKCoder, TopKConfig, aux_k_loss
 from circuitlab.sparse.base import LossContext, SparseCoder, register
-from circuitlab.sparse.jumprelu import JumpReLUCoder, JumpReLUConfig
-from circuitlab.sparse.topk import TopKCoder, TopKConfig, aux_k_loss
 
 
 @dataclass
@@ -39,6 +39,8 @@ def batch_threshold(a: torch.Tensor, k_total: int, comm) -> torch.Tensor:
 @register("batchtopk")
 class BatchTopKCoder(TopKCoder):
     config_cls = BatchTopKConfig
+    inference_arch = "jumprelu"  # saved and read back as JumpReLU (for_inference)
+    lens_sae = ""
 
     def __init__(self, cfg: BatchTopKConfig):
         super().__init__(cfg)

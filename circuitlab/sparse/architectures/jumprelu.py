@@ -72,6 +72,7 @@ class JumpReLUConfig(CoderConfig):
 @register("jumprelu")
 class JumpReLUCoder(SparseCoder):
     config_cls = JumpReLUConfig
+    lens_sae, lens_transcoder, lens_skip_transcoder = "jumprelu", "jumprelu_transcoder", "jumprelu_skip_transcoder"
 
     def __init__(self, cfg: JumpReLUConfig):
         super().__init__(cfg)
@@ -98,3 +99,7 @@ class JumpReLUCoder(SparseCoder):
 
     def extra_tensors(self) -> dict[str, torch.Tensor]:
         return {"threshold": self.threshold.detach().float()}
+
+    def state_from_file(self, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Files hold ``threshold`` (SAE Lens); the coder learns its logarithm."""
+        return {**super().state_from_file(t), "log_threshold": t["threshold"].float().clamp_min(1e-12).log()}
