@@ -3,11 +3,11 @@
 import torch
 
 from circuitlab.engine.hooks import count_hooks
-from circuitlab.engine.splice import splice
 from circuitlab.sparse.base import config_class, make_coder
 from circuitlab.sparse.store import (
     ActivationCache, ActivationSource, Exclusion, ShardLoader, ShardPlan, SourceSpec, make_shard,
 )
+from circuitlab.sparse.splice import splice
 
 DOCS = ["<bos> when Mary and John went to the store , John gave a drink to Mary .",
         "<bos> the capital of France is Paris .", "<bos> then Tom went to the park ."] * 3

@@ -1,6 +1,6 @@
 """Patching and attributing to coder latents: exact patching and AtP on ``latents`` nodes.
 
-The coders are spliced into the model with their error term (``circuitlab.engine.splice``),
+The coders are spliced into the model with their error term (``circuitlab.sparse.splice``),
 so the unpatched model is unchanged and each latent is a node ``Node(l, 'latents', unit=i)``
 (label ``L2.F9@5``) that the engine's batched patching and gradient runs address like any
 other site. ``cl.patch`` keeps its site grids; this is the entry point for latents.
@@ -17,15 +17,15 @@ from circuitlab.engine.cache import capture
 from circuitlab.engine.gradients import forward_for_grads
 from circuitlab.engine.patching import patch_nodes
 from circuitlab.engine.sites import Node
-from circuitlab.engine.splice import site_layer, splice
 from circuitlab.result import Cost, Result
+from circuitlab.sparse.splice import site_layer, splice
 
 
 def latent_nodes(coders: Sequence, positions: Sequence[int | str], units: Optional[Sequence[int]] = None) -> list[Node]:
     """Nodes for each coder's latents (all, or ``units``) at each position, layer-major."""
     nodes = []
     for c in coders:
-        layer = site_layer((c.cfg.hooks_out or c.cfg.hooks_in)[0])
+        layer = site_layer(c.hook_out)
         for p in positions:
             for u in (range(c.d_sae) if units is None else units):
                 nodes.append(Node(layer, "latents", unit=int(u), pos=p))

@@ -1,0 +1,129 @@
+"""Splicing sparse coders into a model: the coder's output replaces the activation at its site,
+and its latents become a site (``blocks.{l}.hook_latents``, family ``latents``) that every
+engine function — capture, patch_nodes, forward_for_grads — can read, patch and differentiate.
+
+Why here and not in the engine: splicing reads the coder (its sites, encoder and decoder); the
+engine only attaches the hooks (``scoped_hooks``). The latents need a real hook point for the
+engine to address them by name, so for the duration of the ``with`` block a HookPoint is
+registered under that name on the bridge, called on the latents inside the splice, and removed
+on exit (also on exceptions).
+
+With ``error=True`` the unexplained part ``x - decode(encode(x))`` is added back, so the model's
+output is unchanged until a latent is patched, and gradients reaching the site input are
+unchanged too (the standard "SAE error node" of sparse feature circuits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+
+from circuitlab.engine.hooks import scoped_hooks
+from circuitlab.engine.sites import hook_name
+from circuitlab.sparse.base import SparseCoder
+
+_LAYER = re.compile(r"blocks\.(\d+)\.")
+
+
+def site_layer(hook: str) -> int:
+    """The block index in a hook name (``blocks.3.hook_mlp_out`` -> 3)."""
+    m = _LAYER.match(hook)
+    if not m:
+        raise ValueError(f"cannot splice at {hook!r}: only per-block sites (blocks.L.*) carry latents")
+    return int(m.group(1))
+
+
+@dataclass
+class Spliced:
+    """What a splice installed: latents hook name per coder."""
+
+    latent_hooks: list[str]
+    """``blocks.{l}.hook_latents`` of each coder, in the order given."""
+
+
+def _sites(coder: SparseCoder) -> tuple[str, str]:
+    cfg = coder.cfg
+    if cfg.n_sources != 1 or cfg.n_targets_ != 1:
+        raise ValueError("only single-source coders (SAEs, transcoders) can be spliced into one model; "
+                         "a crosscoder's reconstruction of several layers/models is evaluated offline")
+    if not coder.hook_in:
+        raise ValueError("the coder has no hooks_in: set cfg.hooks_in to the site it was trained on")
+    return coder.hook_in, coder.hook_out
+
+
+@contextlib.contextmanager
+def splice(model, coders: Sequence[SparseCoder], error: bool | Sequence[bool] = False,
+           passthrough: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Iterator[Spliced]:
+    """Replace each coder's output site by its reconstruction for the ``with`` block.
+
+    Coders read ``cfg.hooks_in[0]`` and write ``cfg.hooks_out[0]`` (the same site for SAEs).
+    ``error`` (one flag, or one per coder) adds the reconstruction error back.
+    ``passthrough(x) -> [batch, pos] bool`` marks tokens whose original activation is kept
+    (those a coder never saw in training: BOS, very high norm), given the coder's input x."""
+    from transformer_lens.hook_points import HookPoint
+
+    coders = list(coders)
+    errs = [error] * len(coders) if isinstance(error, bool) else list(error)
+    if len(errs) != len(coders):
+        raise ValueError("give one error flag per coder")
+    bridge = model.bridge
+    if not getattr(bridge, "_hook_registry_initialized", True):
+        bridge._initialize_hook_registry()
+    registry = bridge._hook_registry
+    points: dict[str, HookPoint] = {}
+    forward = []
+    for coder, err in zip(coders, errs):
+        hin, hout = _sites(coder)
+        layer = site_layer(hout)
+        name = hook_name("latents", layer)
+        if name in points or name in registry:
+            raise ValueError(f"two coders write latents at layer {layer} ({name}); splice one per layer")
+        hp = HookPoint()
+        hp.name = name
+        points[name] = hp
+        if hin == hout:
+            forward.append((hout, _replace(coder, hp, err, None, passthrough)))
+        else:
+            box: dict[str, torch.Tensor] = {}
+            forward.append((hin, _keep(box)))
+            forward.append((hout, _replace(coder, hp, err, box, passthrough)))
+    registry.update(points)
+    try:
+        with scoped_hooks(bridge, forward):
+            yield Spliced(list(points))
+    finally:
+        for name in points:
+            registry.pop(name, None)
+
+
+def _keep(box: dict):
+    def fn(x: torch.Tensor):
+        box["x"] = x
+        return None
+
+    return fn
+
+
+def _replace(coder, hp, error: bool, box, passthrough):
+    def fn(act: torch.Tensor):
+        x = act if box is None else box.pop("x")
+        dt = coder.W_dec.dtype
+        xc = x.to(dt)
+        f = coder.encode(xc)
+        f2 = hp(f)  # patches / captures / gradient handles on the latents act here
+        y = coder.decode(f2, xc)
+        if error:
+            # act + (decode(f2) - decode(f)): exactly ``act`` while no latent is changed
+            out = act + (y - coder.decode(f, xc)).to(act.dtype)
+        else:
+            out = y.to(act.dtype)
+        if passthrough is not None:
+            out = torch.where(passthrough(x)[..., None], act, out)
+        return out
+
+    fn.__name__ = f"splice_{hp.name}"
+    return fn
