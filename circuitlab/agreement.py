@@ -1,10 +1,13 @@
-"""Agreement of an estimate with a reference (usually exact patching) over the same nodes."""
+"""Agreement of an estimate with a reference (usually exact patching) over the same nodes.
+
+Only results that mean the same kind of thing are compared: two patching results in one
+direction, DLA with DLA, a logit lens with a lens, head scores with head scores."""
 
 from __future__ import annotations
 
 import torch
 
-from circuitlab.result import Result
+from circuitlab.result import DirectEffects, HeadScores, NodeValues, Result
 
 
 def rank(x: torch.Tensor) -> torch.Tensor:
@@ -34,14 +37,46 @@ def cost_to_recall(order: torch.Tensor, truth: torch.Tensor, k: int) -> tuple[in
     return needed, curve
 
 
-def compare(estimate: Result, reference: Result, k: int = 10) -> dict:
+def kind(r: NodeValues) -> str:
+    """What a result's values mean, in words (for the refusal messages of ``compare``)."""
+    if isinstance(r, Result):
+        return f"patching effects ({r.method}, {r.direction})"
+    if isinstance(r, DirectEffects):
+        return "the logit lens" if r.method == "logit_lens" else "DLA"
+    if isinstance(r, HeadScores):
+        return "head-detector scores"
+    raise TypeError(f"compare takes results (Result, DirectEffects, HeadScores), not {type(r).__name__}")
+
+
+def check_comparable(estimate: NodeValues, reference: NodeValues) -> None:
+    """Refuse pairs whose values measure different things, naming the real difference."""
+    a, b = kind(estimate), kind(reference)
+    if isinstance(estimate, Result) and isinstance(reference, Result) or a == b:
+        return  # patching results in two directions are refused by compare, naming the directions
+    why = {
+        "DLA": "DLA scores direct effects on the logit difference in one run (each component's write through "
+               "the unembedding, nothing patched); compare DLA with DLA (e.g. clean against corrupt tokens), "
+               "and patching estimates with exact patching",
+        "the logit lens": "the logit lens reads the whole residual stream after each layer, not one node's "
+                          "effect; compare a lens with a lens (e.g. clean against corrupt tokens)",
+        "head-detector scores": "head-detector scores measure attention patterns on repeated random tokens and "
+                                "OV copying, not effects on a task's metric; compare them with head-detector "
+                                "scores of another model",
+    }
+    odd = a if a in why else b
+    raise ValueError(f"cannot compare {a} with {b}: {why[odd]}")
+
+
+def compare(estimate: NodeValues, reference: NodeValues, k: int = 10) -> dict:
     """Pearson; Spearman over all nodes and over nodes whose |reference| exceeds 1% of the
     largest; top-k recall; sign agreement (same 1% set); cost-to-recall of the true top-k when
-    verifying in the estimate's order (rank_score if it has one, else |value|)."""
+    verifying in the estimate's order (rank_score if it has one, else |value|). Both must mean
+    the same kind of thing (see :func:`check_comparable`)."""
+    check_comparable(estimate, reference)
     if estimate.labels != reference.labels:
         raise ValueError("estimate and reference cover different nodes; run both on the same sites, "
                          f"positions and layers ({len(estimate.labels)} vs {len(reference.labels)} nodes)")
-    if estimate.direction != reference.direction:
+    if isinstance(estimate, Result) and estimate.direction != reference.direction:
         raise ValueError(f"direction mismatch: {estimate.direction} vs {reference.direction}; compare "
                          "estimates against exact patching in the same direction")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:

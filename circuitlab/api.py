@@ -6,9 +6,11 @@ import contextlib
 import functools
 from typing import Iterator, Optional, Sequence
 
-from circuitlab.result import Result
+from circuitlab.methods.registry import NODE_METHODS
+from circuitlab.result import DirectEffects, NodeValues, Result
 
-METHODS = ("exact", "atp", "atp*", "relp", "ig")
+METHODS = NODE_METHODS
+"""Every node method by name (``cl.patch(..., method=name)``), read from the registry."""
 
 
 @contextlib.contextmanager
@@ -55,14 +57,16 @@ def patch(model, task, sites: str | Sequence[str] = "resid_pre", method: str = "
     exact: batched activation patching (ground truth); atp: attribution patching; atp*: AtP
     with the QK fix and GradDrop ranking; relp: AtP with LRP rules; ig: integrated gradients
     (``variant='inputs'|'activations'``, ``steps=m``, ``rule='right'|'left'|'midpoint'|
-    'trapezoid'|'gauss-legendre'``; see circuitlab.methods.ig). See circuitlab.methods.grid for sites.
-    A list of site families returns ``{family: Result}``; for atp* the families share one
-    forward and one backward pass. Options a method does not declare are refused (ValueError
-    naming the closest valid one), and every family is checked before the first one runs.
+    'trapezoid'|'gauss-legendre'``; see circuitlab.methods.ig). Each method's options are the
+    fields of its options dataclass (``METHODS[name].options``). See circuitlab.methods.grid for
+    sites. A list of site families returns ``{family: Result}``; a method that can score several
+    families in one pass (atp*) does so. Options a method does not declare are refused
+    (ValueError naming the closest valid one), and every family is checked before the first one
+    runs.
     """
     from circuitlab.validate import check_choice, check_context
 
-    check_choice("method", method, METHODS)
+    entry = METHODS[method]
     check_choice("direction", direction, ("denoising", "noising"))
     check_context(model, task)
     task.check_positions(positions)
@@ -72,10 +76,8 @@ def patch(model, task, sites: str | Sequence[str] = "resid_pre", method: str = "
             raise ValueError("sites is an empty list; name at least one site family (e.g. ['heads'])")
         for s in sites:  # every family and option is checked before the first one runs
             check_sites(s, method, kwargs)
-        if method == "atp*":
-            from circuitlab.methods.atp_star import atp_star_sites
-
-            return atp_star_sites(model, task, sites, direction, positions, **kwargs)
+        if entry.several is not None:
+            return entry.several(model, task, sites, direction, positions, **entry.declared(kwargs))
         return {s: patch(model, task, s, method, direction, positions, **kwargs) for s in sites}
     check_sites(sites, method, kwargs)
     if sites == "latents":  # sparse-coder latents spliced into the model (circuitlab.sparse)
@@ -83,20 +85,15 @@ def patch(model, task, sites: str | Sequence[str] = "resid_pre", method: str = "
 
         kwargs = dict(kwargs)
         return patch_latents(model, task, kwargs.pop("coders"), method, direction, positions, **kwargs)
-    return _method_fn(method)(model, task, sites, direction, positions, **kwargs)
-
-
-def _method_fn(method: str):
-    from circuitlab.methods import atp, atp_star, exact, ig, relp
-
-    return {"exact": exact.exact, "atp": atp.atp, "atp*": atp_star.atp_star, "relp": relp.relp, "ig": ig.ig}[method]
+    return entry.fn(model, task, sites, direction, positions, **entry.declared(kwargs))
 
 
 def check_sites(sites, method: str, options: dict) -> None:
-    """``sites`` names a site family and ``options`` are all declared by ``method``'s function."""
+    """``sites`` names a site family and ``options`` are all declared by ``method``."""
     from circuitlab.methods.grid import SITE_SPECS
     from circuitlab.validate import check_choice, check_options
 
+    entry = METHODS[method]
     if not isinstance(sites, str):
         raise ValueError(f"a site family is a string like 'heads', not {sites!r}")
     if sites == "latents":
@@ -108,11 +105,11 @@ def check_sites(sites, method: str, options: dict) -> None:
         check_options(patch_latents, options, method, exclude=("model", "task", "method", "direction", "positions"))
         return
     check_choice("sites", sites, [*SITE_SPECS, "latents"])
-    check_options(_method_fn(method), options, method)
+    entry.check(options)
 
 
 @_exclusive_call
-def dla(model, task, by: str = "head", tokens: str = "clean") -> Result:
+def dla(model, task, by: str = "head", tokens: str = "clean") -> DirectEffects:
     """Direct logit attribution by 'layer', 'head', 'neuron' or 'source' (see methods.dla)."""
     from circuitlab.methods.dla import dla as _dla
     from circuitlab.validate import check_choice, check_context
@@ -123,7 +120,8 @@ def dla(model, task, by: str = "head", tokens: str = "clean") -> Result:
 
 
 @_exclusive_call
-def logit_lens(model, task, tokens: str = "clean") -> Result:
+def logit_lens(model, task, tokens: str = "clean") -> DirectEffects:
+    """The logit difference each layer's residual stream would give (see methods.logit_lens)."""
     from circuitlab.methods.logit_lens import logit_lens as _ll
     from circuitlab.validate import check_choice, check_context
 
@@ -132,8 +130,9 @@ def logit_lens(model, task, tokens: str = "clean") -> Result:
     return _ll(model, task, tokens)
 
 
-def compare(estimate: Result, reference: Result, k: int = 10) -> dict:
-    """Agreement of an estimate with a reference (usually exact patching) over the same nodes."""
+def compare(estimate: NodeValues, reference: NodeValues, k: int = 10) -> dict:
+    """Agreement of an estimate with a reference (usually exact patching) over the same nodes;
+    results of different kinds (patching effects, DLA, logit lens, head scores) are refused."""
     from circuitlab.agreement import compare as _compare
 
     return _compare(estimate, reference, k)

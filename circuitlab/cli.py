@@ -53,9 +53,37 @@ def check_out_arg(out: str) -> Path:
     return path
 
 
+def parse_positions(text: str | None) -> list[int | str] | None:
+    """``--positions S1,IO,S2,END`` (role names) or ``0,5,END`` (token indices too); None: all."""
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise ValueError(f"--positions {text!r} has an empty entry; give comma-separated role names or token "
+                         "indices like S1,IO,S2,END or 0,5")
+    out: list[int | str] = []
+    for t in items:
+        if t.lstrip("-").isdigit():
+            if int(t) < 0:
+                raise ValueError(f"--positions: {t} is negative; give token indices >= 0 or role names")
+            out.append(int(t))
+        elif t.isidentifier():
+            out.append(t)
+        else:
+            raise ValueError(f"--positions: {t!r} is neither a token index nor a role name (like S1, IO, END)")
+    return list(dict.fromkeys(out))
+
+
+def _stem(sites: str, name: str, options: dict, direction: str) -> str:
+    """Output file stem of one sweep: sites, method (with its options) and direction."""
+    opts = "".join(f"_{k}-{'+'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in options.items())
+    return f"{sites}_{name.replace('*', 'star')}{opts}_{direction}"
+
+
 def cmd_sweep(a) -> None:
     from circuitlab.api import METHODS, check_sites
     from circuitlab.methods.grid import SITE_SPECS
+    from circuitlab.methods.registry import parse_specs, spec_label
     from circuitlab.validate import check_positive_int
     from circuitlab.viz.report import Report
 
@@ -63,15 +91,16 @@ def cmd_sweep(a) -> None:
     check_positive_int("--batch-size", a.batch_size)
     check_positive_int("--n", a.n)
     site_list = _names("sites", a.sites, SITE_SPECS)
-    methods = _names("method", a.method, METHODS)
+    specs = {spec_label(n, o): (n, o) for n, o in parse_specs(a.method, METHODS)}  # label -> (method, options)
+    positions = parse_positions(a.positions)
     for sites in site_list:
-        for method in methods:
-            check_sites(sites, method, {})
+        for name, options in specs.values():
+            check_sites(sites, name, options)
     check_task_arg(a.task)
     check_out_arg(a.out)
-    a.sites, a.method = ",".join(site_list), ",".join(methods)
     model = load_model(a.model)
     task = load_task(model, a.task, a.n, a.seed)
+    task.check_positions(positions)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [["sites", "method", "direction", "forward passes", "backward passes", "seconds", "top node", "top value"]]
@@ -80,33 +109,33 @@ def cmd_sweep(a) -> None:
     from circuitlab.sweep import distributed_info, sweep
 
     rank, world = distributed_info()
-    for sites in a.sites.split(","):
-        for method in a.method.split(","):
-            r = sweep(model, task, sites.strip(), method.strip(), a.direction, a.batch_size)
+    for sites in site_list:
+        for label, (name, options) in specs.items():
+            r = sweep(model, task, sites, name, a.direction, a.batch_size, positions, **options)
             if rank != 0:
                 continue
-            stem = f"{sites}_{method.replace('*', 'star')}_{a.direction}"
+            stem = _stem(sites, name, options, a.direction)
             r.save(out / stem)
             r.to_frame().to_csv(out / f"{stem}.csv", index=False)
-            label, value = r.top(1)[0]
-            rows.append([sites, method, a.direction, r.cost.forward_passes, r.cost.backward_passes,
-                         round(r.cost.seconds, 3), label, value])
-            report.add(f"{method} on {sites}", f"{r.metric} effect of each node ({a.direction}).", r.plot())
-            results[(sites, method)] = r
+            top, value = r.top(1)[0]
+            rows.append([sites, label, a.direction, r.cost.forward_passes, r.cost.backward_passes,
+                         round(r.cost.seconds, 3), top, value])
+            report.add(f"{label} on {sites}", f"{r.metric} effect of each node ({a.direction}).", r.plot())
+            results[(sites, label)] = r
     if rank != 0:
         return
-    if len(a.method.split(",")) > 1:
+    if len(specs) > 1:
         from circuitlab.api import compare
 
         crow = [["sites", "method", "vs", "pearson", "spearman", "top-10 recall"]]
-        for sites in a.sites.split(","):
-            ms = a.method.split(",")
-            ref = results[(sites, "exact")] if "exact" in ms else results[(sites, ms[0])]
-            for m in ms:
-                if results[(sites, m)] is ref:
+        for sites in site_list:
+            ref_label = "exact" if "exact" in specs else next(iter(specs))
+            ref = results[(sites, ref_label)]
+            for label in specs:
+                if label == ref_label:
                     continue
-                c = compare(results[(sites, m)], ref)
-                crow.append([sites, m, ref.method, c["pearson"], c["spearman"], c["recall@10"]])
+                c = compare(results[(sites, label)], ref)
+                crow.append([sites, label, ref_label, c["pearson"], c["spearman"], c["recall@10"]])
         report.add("Agreement", "Correlation of each estimate with the reference.", crow)
         _write_table(out / "comparison.csv", crow)
     report.add("Runs", "Cost of each sweep.", rows)
@@ -158,7 +187,8 @@ EXAMPLES = {
     "demo": "examples:\n  circuitlab demo\n  circuitlab demo --model smollm2-135m --n 16\n  circuitlab demo --model gpt2-zoo --task capitals --out my_report",
     "sweep": "examples:\n  circuitlab sweep --task ioi --sites heads,mlp_out --method exact --out runs/ioi\n"
              "  torchrun --nproc_per_node 2 -m circuitlab.cli sweep --task ioi --sites heads --method atp* --out runs/ddp\n"
-             "  circuitlab sweep --model gpt2-zoo --task pairs.jsonl --sites resid_pre --method exact,atp* --out runs/x",
+             "  circuitlab sweep --model gpt2-zoo --task pairs.jsonl --sites resid_pre --method exact,atp* --out runs/x\n"
+             "  circuitlab sweep --task ioi --sites heads --positions S1,IO,S2,END --method exact,ig:steps=32,variant=activations --out runs/roles",
     "zoo": "examples:\n  circuitlab zoo list\n  circuitlab zoo train gpt2-zoo",
 }
 
@@ -168,6 +198,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _method_help() -> str:
+    """Each node method with its options, for ``sweep --help``."""
+    from circuitlab.api import METHODS
+
+    return "; ".join(f"{m.name} ({', '.join(m.option_names)})" for m in METHODS.values())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,7 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None)
     s.add_argument("--task", required=True, help="bundled task name or JSONL of {clean, corrupt, answer, wrong}")
     s.add_argument("--sites", default="resid_pre", help="comma-separated: resid_pre, attn_out, mlp_out, heads, heads_all, q, k, v, ...")
-    s.add_argument("--method", default="exact", help="comma-separated methods; several give a comparison table")
+    s.add_argument("--method", default="exact", help="comma-separated methods, each optionally with its options "
+                   "(METHOD:NAME=VALUE,NAME=VALUE; lists joined by +, e.g. layers=0+1); several give a comparison "
+                   "table. " + _method_help())
+    s.add_argument("--positions", default=None, help="comma-separated role names (e.g. S1,IO,S2,END for ioi) or token "
+                   "indices to patch at (default: every position)")
     s.add_argument("--direction", default="denoising", choices=["denoising", "noising"])
     s.add_argument("--n", type=int, default=32, help="prompts (bundled tasks)")
     s.add_argument("--seed", type=int, default=0)
@@ -207,11 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     zt.add_argument("--max-minutes", type=float, default=None)
     z.set_defaults(fn=cmd_zoo)
     for mod in PLUGINS:  # subcommands owned by other packages (sparse coders, circuits, graphs)
-        try:
-            module = importlib.import_module(mod)
-        except ImportError:
-            continue
-        module.add_parser(sub, fmt)
+        importlib.import_module(mod).add_parser(sub, fmt)
     return p
 
 

@@ -18,22 +18,30 @@ def task(gpt2, ioi_pairs):
 
 @pytest.fixture
 def no_runs(monkeypatch):
-    """Counts calls of every method implementation; a rejected request must make none."""
-    from circuitlab.methods import atp, atp_star, exact, ig, relp
+    """Counts calls of every registered node method; a rejected request must make none."""
+    import dataclasses
+
+    from circuitlab.methods.registry import NODE_METHODS
 
     calls = []
 
     def counted(real):
-        @functools.wraps(real)  # keeps the signature the option check reads
+        @functools.wraps(real)
         def run(*a, **k):
             calls.append(real.__name__)
             return real(*a, **k)
         return run
 
-    for mod, name in ((exact, "exact"), (atp, "atp"), (atp_star, "atp_star"), (atp_star, "atp_star_sites"),
-                      (ig, "ig"), (relp, "relp")):
-        monkeypatch.setattr(mod, name, counted(getattr(mod, name)))
+    for name, m in NODE_METHODS.items():
+        several = counted(m.several) if m.several is not None else None
+        monkeypatch.setitem(NODE_METHODS._methods, name, dataclasses.replace(m, fn=counted(m.fn), several=several))
     return calls
+
+
+def test_counted_methods_do_count(gpt2, task, no_runs):
+    cl.patch(gpt2, task, "resid_pre", method="atp", layers=[0])
+    cl.patch(gpt2, task, ["resid_pre", "mlp_out"], method="atp*", layers=[0], graddrop=False)
+    assert no_runs == ["atp", "atp_star_sites"]
 
 
 @pytest.mark.parametrize("method, options, bad, hint", [

@@ -101,6 +101,21 @@ FAST = [
     (["zoo", "train", "gpt2-zoo", "--max-minutes", "0", "--out", "out"], "--max-minutes must be > 0"),
     (["zoo"], "required"),
     ([], "required: cmd"),
+    (["sweep", "--task", "ioi", "--out", "out", "--method", "ig:step=2"],
+     "unknown option 'step' for method 'ig'; did you mean 'steps'"),
+    (["sweep", "--task", "ioi", "--out", "out", "--method", "exact,ig:steps=many"],
+     "option steps='many' of method 'ig' is not a whole number"),
+    (["sweep", "--task", "ioi", "--out", "out", "--method", "ig:steps=4,varient=activations"], "did you mean 'variant'"),
+    (["sweep", "--task", "ioi", "--out", "out", "--method", "ig:variant=activatons"], "unknown IG variant 'activatons'"),
+    (["sweep", "--task", "ioi", "--out", "out", "--method", "ig:steps=0"], "whole number of steps >= 1"),
+    (["sweep", "--task", "ioi", "--out", "out", "--method", "atp*:graddrop=maybe"], "is not true or false"),
+    (["sweep", "--task", "ioi", "--out", "out", "--method", "relp:attention=lrp"], "unknown attention rule 'lrp'"),
+    (["sweep", "--task", "ioi", "--out", "out", "--method", "atp:layers=0+x"], "numbers joined by +"),
+    (["sweep", "--task", "ioi", "--out", "out", "--method", "steps=3"], "starts with an option"),
+    (["sweep", "--task", "ioi", "--out", "out", "--method", "ig:steps"], "is not NAME=VALUE"),
+    (["sweep", "--task", "ioi", "--out", "out", "--positions", "S1,,END"], "--positions 'S1,,END' has an empty entry"),
+    (["sweep", "--task", "ioi", "--out", "out", "--positions", "-1"], "-1 is negative"),
+    (["sweep", "--task", "ioi", "--out", "out", "--positions", "S1;IO"], "'S1;IO' is neither a token index nor a role"),
 ]
 
 
@@ -126,6 +141,7 @@ WITH_MODEL = [
     (["sweep", "--model", "gpt2-zoo", "--task", "role.jsonl", "--out", "out"], "role 'X' is token 99 in prompt 0"),
     (["sweep", "--model", "gpt2-zoo", "--task", "long.jsonl", "--out", "out"], "but the model takes at most"),
     (["probe", "--model", "gpt2-zoo", "--prompt", "hi", "--out", "out", "--concepts", "bad.json"], "JSON"),
+    (["sweep", "--model", "gpt2-zoo", "--task", "ioi", "--out", "out", "--positions", "S1,S3"], "has no role 'S3'"),
 ]
 
 
@@ -157,4 +173,6 @@ def test_internal_errors_are_not_called_bad_input(workdir, capsys, monkeypatch):
 
 def test_help_still_exits_zero(capsys):
     assert cli.main(["sweep", "--help"]) == 0
-    assert "--batch-size" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--batch-size" in out and "--positions" in out
+    assert "ig (layers, steps, variant, rule)" in out  # every method's options, read from the registry

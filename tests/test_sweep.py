@@ -49,3 +49,28 @@ def test_torchrun_two_processes_matches_one(tiny_dir, six_pairs, tmp_path):
         assert b.meta["world_size"] == 2 and b.meta["prompts"] == 6
         assert torch.allclose(a.values, b.values, atol=1e-5)
     assert (tmp_path / "two" / "comparison.csv").exists() and (tmp_path / "two" / "report.html").exists()
+
+
+def test_cli_sweep_by_role_with_method_options(tmp_path):
+    """``--positions S1,IO,S2,END`` patches each prompt at its own role positions, and
+    ``--method ig:steps=2,variant=activations`` passes typed options: the files hold exactly what
+    the Python API gives for the same request."""
+    from circuitlab.cli import main
+
+    out = tmp_path / "roles"
+    assert main(["sweep", "--model", "gpt2-zoo", "--task", "ioi", "--n", "4", "--sites", "resid_pre",
+                 "--positions", "S1,IO,S2,END", "--method", "exact,ig:steps=2,variant=activations",
+                 "--out", str(out)]) == 0
+    model = cl.load("gpt2-zoo")
+    task = cl.tasks.bundled(model, "ioi", n=4, seed=0)
+    assert len(set(task.roles["S2"].tolist())) > 1 or len(set(task.lengths.tolist())) > 1  # roles move between prompts
+    roles = ["S1", "IO", "S2", "END"]
+    exact = Result.load(out / "resid_pre_exact_denoising")
+    ig = Result.load(out / "resid_pre_ig_steps-2_variant-activations_denoising")
+    want_exact = cl.patch(model, task, "resid_pre", positions=roles, progress=False)
+    want_ig = cl.patch(model, task, "resid_pre", method="ig", positions=roles, steps=2, variant="activations")
+    assert exact.labels == want_exact.labels and exact.labels[:4] == [f"L0.resid_pre@{r}" for r in roles]
+    assert torch.allclose(exact.values, want_exact.values, atol=1e-5)
+    assert ig.meta["steps"] == 2 and ig.meta["variant"] == "activations"
+    assert torch.allclose(ig.values, want_ig.values, atol=1e-5)
+    assert "ig:steps=2,variant=activations" in (out / "comparison.csv").read_text()

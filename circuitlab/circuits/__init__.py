@@ -16,18 +16,21 @@ from circuitlab.circuits.evaluate import (
 from circuitlab.circuits.graph import ComponentGraph, component_graph
 from circuitlab.circuits.path_patching import edge_patching, patch_edges, path_patch
 from circuitlab.circuits.scores import EdgeScores
+from circuitlab.methods.registry import EDGE_METHODS
 from circuitlab.engine.interventions import (
     CoderTarget, DirectionTarget, Intervention, NodeTarget, Supernode, TranscoderTarget, generate, intervene, score,
 )
 
-METHODS = {"eap": eap, "eap-ig": eap_ig, "path": edge_patching}
+METHODS = EDGE_METHODS
+"""Every edge method by name, read from the registry (circuitlab.methods.registry)."""
 
 
 def edges(model, task, method: str = "eap", direction: str = "denoising", **kwargs) -> EdgeScores:
-    """Edge scores by 'eap', 'eap-ig' (``steps=m``) or 'path' (exact edge patching)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown edge method {method!r}; available: {', '.join(METHODS)}")
-    return METHODS[method](model, task, direction, **kwargs)
+    """Edge scores by 'eap', 'eap-ig' (``steps=m``) or 'path' (exact edge patching); options are
+    the fields of the method's options dataclass (``METHODS[name].options``), others refused."""
+    entry = METHODS[method]
+    entry.check(kwargs)
+    return entry.fn(model, task, direction, **entry.declared(kwargs))
 
 
 __all__ = ["Circuit", "ComponentGraph", "component_graph", "EdgeScores", "eap", "eap_ig", "edge_patching", "patch_edges",

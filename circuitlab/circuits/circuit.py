@@ -18,9 +18,9 @@ from typing import Union
 import torch
 
 from circuitlab.circuits.scores import EdgeScores
-from circuitlab.result import Result, atomic_write, result_files
+from circuitlab.result import DirectEffects, Result, atomic_write, result_files
 
-Scores = Union[EdgeScores, Result, dict]
+Scores = Union[EdgeScores, Result, DirectEffects, dict]
 
 
 @dataclass(frozen=True)
@@ -96,11 +96,12 @@ def node_label(label: str) -> str:
 
 
 def as_table(scores: Scores) -> tuple[str, list[str], torch.Tensor]:
-    """(kind, labels, values) of edge scores, node scores (a Result) or {label: value}."""
+    """(kind, labels, values) of edge scores, node scores (a Result, or DLA by head) or
+    {label: value}."""
     if isinstance(scores, EdgeScores):
         labels, values = scores.labels_values()
         return "edges", labels, values.float()
-    if isinstance(scores, Result):
+    if isinstance(scores, (Result, DirectEffects)):
         return "nodes", [node_label(l) for l in scores.labels], scores.flat.float()
     if isinstance(scores, dict):
         labels = list(scores)
@@ -108,7 +109,7 @@ def as_table(scores: Scores) -> tuple[str, list[str], torch.Tensor]:
         if kind == "nodes":
             labels = [node_label(l) for l in labels]
         return kind, labels, torch.tensor([float(v) for v in scores.values()])
-    raise TypeError(f"cannot select a circuit from {type(scores).__name__}; give EdgeScores, a Result or a dict")
+    raise TypeError(f"cannot select a circuit from {type(scores).__name__}; give EdgeScores, a Result, DLA or a dict")
 
 
 def ranking(scores: Scores, by_abs: bool = True) -> tuple[str, list[str]]:

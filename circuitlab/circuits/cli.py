@@ -23,8 +23,10 @@ def add_parser(subparsers, formatter_class) -> None:
     p.add_argument("--model", default=None, help="zoo name, HF folder, hub id, or planted:induction / planted:copy")
     p.add_argument("--task", required=True, help="bundled task (ioi, capitals, greater_than, induction), a JSONL "
                    "of {clean, corrupt, answer, wrong}, or 'planted' with a planted model")
-    p.add_argument("--method", default="eap", choices=["eap", "eap-ig", "path"],
-                   help="eap: one backward pass; eap-ig: integrated gradients over --steps; path: exact edge patching")
+    from circuitlab.methods.registry import EDGE_METHODS
+
+    p.add_argument("--method", default="eap", choices=list(EDGE_METHODS),
+                   help="; ".join(f"{m.name}: {m.summary}" for m in EDGE_METHODS.values()))
     p.add_argument("--direction", default="denoising", choices=["denoising", "noising"])
     p.add_argument("--steps", type=int, default=8, help="EAP-IG interpolation steps")
     p.add_argument("--select", default="smallest", choices=["top", "greedy", "smallest"],
@@ -65,7 +67,7 @@ def run(a) -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     model, task = _model_and_task(a)
-    kwargs = {"steps": a.steps} if a.method == "eap-ig" else {}
+    kwargs = {"steps": a.steps} if "steps" in cc.METHODS[a.method].option_names else {}
     scores = cc.edges(model, task, a.method, a.direction, **kwargs)
     scores.save(out / "edges")
     from circuitlab.result import atomic_write

@@ -14,6 +14,7 @@ points whose token embeddings interpolate from the base to the source prompt, al
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -23,7 +24,26 @@ from circuitlab.circuits.graph import ComponentGraph, component_graph
 from circuitlab.circuits.scores import EdgeScores, make_scores
 from circuitlab.engine.cache import capture
 from circuitlab.engine.forward import metric_per_prompt
+from circuitlab.methods.registry import edge_method
 from circuitlab.result import Cost
+
+
+@dataclass
+class EAPOptions:
+    """Options of EAP."""
+
+    per_position: bool = False
+    """Keep one score per edge and position ([pos, sender, receiver]) instead of their sum."""
+    graph: Optional[ComponentGraph] = None
+    """The component graph to score (None: the model's full graph)."""
+
+
+@dataclass
+class EAPIGOptions(EAPOptions):
+    """Options of EAP-IG."""
+
+    steps: int = 8
+    """m, the interpolation points between the base and the source embeddings."""
 
 
 def _contract(delta: torch.Tensor, grads: torch.Tensor, per_position: bool) -> torch.Tensor:
@@ -33,6 +53,7 @@ def _contract(delta: torch.Tensor, grads: torch.Tensor, per_position: bool) -> t
     return torch.einsum(eq, delta.to(acc), grads.to(acc))
 
 
+@edge_method("eap", EAPOptions, order=0)
 def eap(model, task, direction: str = "denoising", per_position: bool = False,
         graph: Optional[ComponentGraph] = None) -> EdgeScores:
     """EAP scores of every edge of ``model``'s component graph on ``task``."""
@@ -48,6 +69,7 @@ def eap(model, task, direction: str = "denoising", per_position: bool = False,
                        Cost(3, 1, time.perf_counter() - t0))
 
 
+@edge_method("eap-ig", EAPIGOptions, order=1)
 def eap_ig(model, task, direction: str = "denoising", steps: int = 8, per_position: bool = False,
            graph: Optional[ComponentGraph] = None) -> EdgeScores:
     """EAP-IG (inputs variant): gradients averaged over ``steps`` interpolated embeddings."""

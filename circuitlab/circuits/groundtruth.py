@@ -12,9 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from circuitlab.circuits.circuit import Scores, as_table
-
-NODE_METHODS = ("exact", "atp", "atp*", "relp", "ig")
-EDGE_METHODS = ("eap", "eap-ig", "path")
+from circuitlab.methods.registry import EDGE_METHODS, NODE_METHODS
 
 
 def selected(scores: Scores, rel: float = 0.1) -> set[str]:
@@ -33,34 +31,21 @@ def precision_recall(scores: Scores, truth: Sequence[str], rel: float = 0.1) -> 
             "selected": sorted(sel), "missed": sorted(true - sel), "false": sorted(sel - true)}
 
 
-def edge_scores(model, task, method: str, direction: str = "denoising", steps: int = 8):
-    from circuitlab.circuits.eap import eap, eap_ig
-    from circuitlab.circuits.path_patching import edge_patching
-
-    if method == "eap":
-        return eap(model, task, direction)
-    if method == "eap-ig":
-        return eap_ig(model, task, direction, steps=steps)
-    if method == "path":
-        return edge_patching(model, task, direction)
-    raise ValueError(f"unknown edge method {method!r}; choose from {EDGE_METHODS}")
-
-
 def score_planted(planted, model=None, task=None, directions: Sequence[str] = ("denoising", "noising"),
                   rel: float = 0.1) -> list[dict]:
     """Precision and recall of every node and edge method on a planted model, per direction."""
     import circuitlab as cl
+    from circuitlab import circuits as cc
 
     model = model or planted.load()
     task = task or planted.task(model)
     rows = []
     for d in directions:
         for m in NODE_METHODS:
-            r = cl.patch(model, task, "heads_all", method=m, direction=d, progress=False) if m == "exact" else \
-                cl.patch(model, task, "heads_all", method=m, direction=d)
+            r = cl.patch(model, task, "heads_all", method=m, direction=d, progress=False)
             rows.append({"model": planted.name, "level": "node", "method": m, "direction": d,
                          **precision_recall(r, planted.heads, rel)})
         for m in EDGE_METHODS:
             rows.append({"model": planted.name, "level": "edge", "method": m, "direction": d,
-                         **precision_recall(edge_scores(model, task, m, d), planted.edges, rel)})
+                         **precision_recall(cc.edges(model, task, m, d), planted.edges, rel)})
     return rows

@@ -12,6 +12,7 @@ one forward pass that restarts at their earliest receiver layer (upstream is the
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -23,6 +24,7 @@ from circuitlab.circuits.scores import EdgeScores, make_scores
 from circuitlab.engine.cache import capture
 from circuitlab.engine.forward import Restart, final_logits, gather_positions, run_to_final
 from circuitlab.engine.patching import chunk_size_for
+from circuitlab.methods.registry import edge_method
 from circuitlab.result import Cost
 
 Edge = tuple[int, int]
@@ -149,6 +151,23 @@ def patch_edges(model, task, patches: Sequence[Sequence[Edge] | Edge], direction
     return out, S.baseline_pp.to(acc), passes
 
 
+@dataclass
+class EdgePatchingOptions:
+    """Options of exact edge patching."""
+
+    edges: Optional[Sequence[str | Edge]] = None
+    """Edges to patch, as labels ('L0.H1->L1.mlp') or (sender, receiver) indices (None: all)."""
+    per_position: bool = False
+    """Patch each edge at each position separately ([pos, sender, receiver] scores)."""
+    graph: Optional[ComponentGraph] = None
+    """The component graph (None: the model's full graph)."""
+    max_patches_per_pass: Optional[int] = None
+    """Most patched copies of the batch in one pass (None: chosen from free memory)."""
+    progress: bool = False
+    """Show a progress bar over passes."""
+
+
+@edge_method("path", EdgePatchingOptions, order=2)
 def edge_patching(model, task, direction: str = "denoising", edges: Optional[Sequence[str | Edge]] = None,
                   per_position: bool = False, graph: Optional[ComponentGraph] = None,
                   max_patches_per_pass: Optional[int] = None, progress: bool = False) -> EdgeScores:

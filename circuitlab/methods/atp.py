@@ -10,11 +10,14 @@ from __future__ import annotations
 import time
 from typing import Optional, Sequence
 
-
 from circuitlab.engine.cache import capture
 from circuitlab.engine.gradients import forward_for_grads
 from circuitlab.methods.attribution import make_result, node_values, prepare, reduce_to_nodes
+from circuitlab.methods.registry import NodeOptions, node_method
 from circuitlab.result import Result
+
+AtPOptions = NodeOptions
+"""AtP declares no options of its own (only ``layers``)."""
 
 
 def atp_scores(model, task, base, src, grid, extra_hooks=(), method="atp") -> tuple[dict, float]:
@@ -27,8 +30,10 @@ def atp_scores(model, task, base, src, grid, extra_hooks=(), method="atp") -> tu
     return scores, float(run.value.detach())
 
 
+@node_method("atp", AtPOptions, order=1)
 def atp(model, task, sites: str = "resid_pre", direction: str = "denoising",
-        positions: Optional[Sequence[int | str]] = None, layers: Optional[Sequence[int]] = None, **_) -> Result:
+        positions: Optional[Sequence[int | str]] = None, layers: Optional[Sequence[int]] = None) -> Result:
+    """AtP: a first-order estimate of every node's patching effect from one backward pass."""
     t0 = time.perf_counter()
     base, src, grid = prepare(model, task, sites, direction, positions, layers)
     scores, baseline = atp_scores(model, task, base, src, grid)

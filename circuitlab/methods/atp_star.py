@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -22,7 +23,17 @@ from circuitlab.engine.gradients import GradGates, forward_for_grads
 from circuitlab.engine.patching import patch_nodes
 from circuitlab.methods import qk_fix
 from circuitlab.methods.attribution import make_result, node_values, prepare, reduce_to_nodes
+from circuitlab.methods.registry import NodeOptions, node_method
 from circuitlab.result import Result
+
+
+@dataclass
+class AtPStarOptions(NodeOptions):
+    """Options of AtP*."""
+
+    graddrop: bool = True
+    """Compute GradDrop's ranking score (``extras['rank_score']``, L more backward passes);
+    without it AtP* costs what AtP costs."""
 
 
 def _scores(model, grid, acts, grads, source, all_pos: bool) -> dict[str, torch.Tensor]:
@@ -56,15 +67,9 @@ def _hooks_needed(model, grid) -> tuple[list[str], list[str]]:
     return names, names
 
 
-def atp_star(model, task, sites: str = "heads", direction: str = "denoising",
-             positions: Optional[Sequence[int | str]] = None, layers: Optional[Sequence[int]] = None,
-             graddrop: bool = True, **_) -> Result:
-    return atp_star_sites(model, task, [sites], direction, positions, layers, graddrop)[sites]
-
-
 def atp_star_sites(model, task, sites: Sequence[str], direction: str = "denoising",
                    positions: Optional[Sequence[int | str]] = None, layers: Optional[Sequence[int]] = None,
-                   graddrop: bool = True, **_) -> dict[str, Result]:
+                   graddrop: bool = True) -> dict[str, Result]:
     """AtP* over several site families from ONE source capture, one forward and one backward
     pass (plus GradDrop's L backward passes): the estimate of a whole node set costs what one
     family costs. Each family's Result reports the shared cost; ``meta['shared_pass']`` lists
@@ -105,6 +110,14 @@ def atp_star_sites(model, task, sites: Sequence[str], direction: str = "denoisin
     meta = {"shared_pass": sites} if len(sites) > 1 else {}
     return {s: make_result(grids[s], est[s], "atp*", s, direction, task, baseline, t0, 2, bwd, extras[s], dict(meta))
             for s in sites}
+
+
+@node_method("atp*", AtPStarOptions, order=2, several=atp_star_sites)
+def atp_star(model, task, sites: str = "heads", direction: str = "denoising",
+             positions: Optional[Sequence[int | str]] = None, layers: Optional[Sequence[int]] = None,
+             graddrop: bool = True) -> Result:
+    """AtP*: AtP with the QK fix for query/key nodes and GradDrop's ranking score."""
+    return atp_star_sites(model, task, [sites], direction, positions, layers, graddrop)[sites]
 
 
 def verify(model, task, estimate: Result, n_verify: int = 20, samples: int = 64, p: float = 0.1,

@@ -25,7 +25,7 @@ import torch
 
 from circuitlab.engine.cache import capture
 from circuitlab.models import weights
-from circuitlab.result import Cost, Result
+from circuitlab.result import Cost, DirectEffects
 
 BY = ("layer", "head", "neuron", "source")
 _POST = {"attn": "ln1_post", "mlp": "ln2_post"}
@@ -38,7 +38,7 @@ def _post_norm(model, layer: int, part: str):
     return getattr(model.bridge.blocks[layer], _POST[part], None)
 
 
-def dla(model, task, by: str = "head", tokens: str = "clean") -> Result:
+def dla(model, task, by: str = "head", tokens: str = "clean") -> DirectEffects:
     """DLA of the logit difference answer - wrong at each prompt's answer position (mean over
     prompts). ``by``: 'layer' [layer, (attn, mlp)], 'head' [layer, head], 'neuron'
     [layer, neuron], 'source' [layer, head, source position]. ``extras`` holds every other
@@ -65,7 +65,7 @@ def dla(model, task, by: str = "head", tokens: str = "clean") -> Result:
         return _dla(model, task, by, tokens, toks, names, has_pos, t0)
 
 
-def _dla(model, task, by, tokens, toks, names, has_pos, t0) -> Result:
+def _dla(model, task, by, tokens, toks, names, has_pos, t0) -> DirectEffects:
     B, L = toks.shape[0], model.n_layers
     b = torch.arange(B, device=toks.device)
     pos = task.answer_pos
@@ -166,5 +166,5 @@ def _dla(model, task, by, tokens, toks, names, has_pos, t0) -> Result:
     if cap:
         capped = cap * torch.tanh(logits / cap)
         meta.update(logit_softcap=cap, capped_logit_diff=float((capped[b, task.answer_ids] - capped[b, task.wrong_ids]).mean()))
-    return Result(values.detach().cpu(), labels, dims, "dla", by, tokens, "logit_diff", float(actual),
+    return DirectEffects(values.detach().cpu(), labels, dims, "dla", by, tokens, "logit_diff", float(actual),
                   Cost(1, 0, time.perf_counter() - t0), {k: v.detach().cpu() for k, v in extras.items()}, meta)

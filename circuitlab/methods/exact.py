@@ -8,14 +8,36 @@ the unpatched run's metric (``Result.patched`` gives the raw values TransformerL
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Optional, Sequence
-
 
 from circuitlab.engine.cache import capture
 from circuitlab.engine.patching import patch_nodes, validate_nodes
 from circuitlab.methods.grid import site_grid
+from circuitlab.methods.registry import NodeOptions, node_method
 from circuitlab.result import Cost, Result
 
+
+@dataclass
+class ExactOptions(NodeOptions):
+    """Options of exact patching: how patches are batched into passes."""
+
+    max_patches_per_pass: Optional[int] = None
+    """Most patched copies of the batch in one pass (None: 64 on a GPU, 16 on a CPU, less if
+    memory is short)."""
+    memory_bytes: Optional[int] = None
+    """Memory budget for one pass (None: a quarter of what is free)."""
+    progress: bool = True
+    """Show a progress bar over passes."""
+    max_waste: Optional[float] = None
+    """How much recomputation (of layers before a patch) a pass may spend to batch more patches,
+    as a fraction of its useful work (None: 0.5 on a GPU, 0.15 on a CPU)."""
+    skip_noops: bool = True
+    """Give a patch whose source values equal the base run's, bit for bit, the base metric
+    without a pass (it cannot change anything)."""
+
+
+@node_method("exact", ExactOptions, order=0)
 def exact(
     model,
     task,
@@ -28,7 +50,6 @@ def exact(
     progress: bool = True,
     max_waste: Optional[float] = None,
     skip_noops: bool = True,
-    **_,
 ) -> Result:
     """Patch every node of ``sites`` one at a time; see circuitlab.methods.grid for site specs."""
     t0 = time.perf_counter()

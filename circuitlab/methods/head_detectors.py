@@ -22,7 +22,7 @@ import torch
 
 from circuitlab.engine.cache import capture
 from circuitlab.models import weights
-from circuitlab.result import Cost, Result
+from circuitlab.result import Cost, HeadScores
 
 KINDS = ("previous_token", "duplicate_token", "induction", "copying")
 
@@ -43,7 +43,7 @@ def repeated_tokens(model, n: int = 16, length: int = 12, seed: int = 0, vocab: 
     return torch.cat([bos, seqs, seqs], 1).to(model.device)
 
 
-def head_scores(model, tokens: Optional[torch.Tensor] = None, length: int = 12, n_tokens: int = 300) -> Result:
+def head_scores(model, tokens: Optional[torch.Tensor] = None, length: int = 12, n_tokens: int = 300) -> HeadScores:
     """Values [kind, layer, head] for the four kinds (dims ('kind', 'layer', 'head'))."""
     t0 = time.perf_counter()
     if tokens is None:
@@ -60,8 +60,8 @@ def head_scores(model, tokens: Optional[torch.Tensor] = None, length: int = 12, 
         out[2, l] = A[:, :, second[:-1], second[:-1] - L + 1].mean((0, 2)).cpu()
     out[3] = copying_scores(model, n_tokens)
     labels = [f"{k}:L{l}.H{h}" for k in KINDS for l in range(model.n_layers) for h in range(model.n_heads)]
-    return Result(out, labels, ("kind", "layer", "head"), "head_detectors", "heads", "none", "attention",
-                  0.0, Cost(1, 0, time.perf_counter() - t0), meta={"kinds": list(KINDS), "repeat_length": L})
+    return HeadScores(out, labels, ("kind", "layer", "head"), cost=Cost(1, 0, time.perf_counter() - t0),
+                      meta={"kinds": list(KINDS), "repeat_length": L})
 
 
 def copying_scores(model, n_tokens: int = 300) -> torch.Tensor:
@@ -142,10 +142,8 @@ def word_tokens(tokenizer, n: int, vocab_size: Optional[int] = None) -> list[int
 
 def _zoo_random_words(model) -> Optional[list[int]]:
     """The zoo's dedicated random-word pool when the model speaks the zoo vocabulary."""
-    try:
-        from circuitlab.zoo.world import RANDOM_WORDS
-    except ImportError:
-        return None
+    from circuitlab.zoo.world import RANDOM_WORDS
+
     ids = [model.tokenizer.convert_tokens_to_ids(w) for w in RANDOM_WORDS]
     unk = model.tokenizer.unk_token_id
     ids = [i for i in ids if i is not None and i != unk]

@@ -30,6 +30,7 @@ residual stream at one layer over all positions, as m grows. The m steps run as 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -38,10 +39,30 @@ import torch
 from circuitlab.engine.cache import capture
 from circuitlab.engine.gradients import forward_for_grads
 from circuitlab.methods.attribution import make_result, node_values, prepare, reduce_to_nodes
+from circuitlab.methods.registry import NodeOptions, node_method
 from circuitlab.result import Result
 
 VARIANTS = ("inputs", "activations")
 RULES = ("right", "left", "midpoint", "trapezoid", "gauss-legendre")
+
+
+@dataclass
+class IGOptions(NodeOptions):
+    """Options of integrated gradients (see the module docstring)."""
+
+    steps: int = 16
+    """m, the number of points the path integral is evaluated at (run as batched copies)."""
+    variant: str = "inputs"
+    """'inputs' interpolates the token embeddings (one batched pass for all nodes);
+    'activations' interpolates each site's activations (one batched pass per layer)."""
+    rule: str = "right"
+    """Where the m points lie and how they are weighted: 'right', 'left', 'midpoint',
+    'trapezoid' or 'gauss-legendre'."""
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown IG variant {self.variant!r}; choose from {VARIANTS}")
+        quadrature(self.rule, self.steps)  # refuses an unknown rule or a bad number of steps
 
 
 def quadrature(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,14 +118,14 @@ def _integrate(g: torch.Tensor, weights: torch.Tensor, B: int) -> tuple[torch.Te
     return (g * weights.to(g.device, g.dtype).view(-1, *([1] * (g.dim() - 1)))).sum(0), 1
 
 
+@node_method("ig", IGOptions, order=4)
 def ig(model, task, sites: str = "resid_pre", direction: str = "denoising",
        positions: Optional[Sequence[int | str]] = None, layers: Optional[Sequence[int]] = None,
-       steps: int = 16, variant: str = "inputs", rule: str = "right", **_) -> Result:
+       steps: int = 16, variant: str = "inputs", rule: str = "right") -> Result:
     """IG of ``task.metric`` for each node of ``sites``; see the module docstring for
     ``variant`` ("inputs" or "activations") and ``rule`` (how the m = ``steps`` points are
     placed and weighted)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown IG variant {variant!r}; choose from {VARIANTS}")
+    IGOptions(layers, steps, variant, rule)  # refuses bad options before any work
     alphas, weights = quadrature(rule, steps)
     steps = int(steps)
     t0 = time.perf_counter()

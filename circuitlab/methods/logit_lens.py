@@ -16,10 +16,10 @@ import torch
 
 from circuitlab.engine.cache import capture
 from circuitlab.engine.forward import final_logits
-from circuitlab.result import Cost, Result
+from circuitlab.result import Cost, DirectEffects
 
 
-def logit_lens(model, task, tokens: str = "clean") -> Result:
+def logit_lens(model, task, tokens: str = "clean") -> DirectEffects:
     """Values [n_layers + 1]: after the embeddings, then after each block (mean over prompts)."""
     t0 = time.perf_counter()
     toks = task.clean_tokens if tokens == "clean" else task.corrupt_tokens
@@ -34,8 +34,8 @@ def logit_lens(model, task, tokens: str = "clean") -> Result:
             vals.append((logits[b, task.answer_ids] - logits[b, task.wrong_ids]).mean())
             top.append(model.tokenizer.convert_ids_to_tokens(logits[0].argmax().item()))
     labels = ["embed"] + [f"L{l}.resid_post" for l in range(L)]
-    return Result(torch.stack(vals).cpu(), labels, ("layer",), "logit_lens", "resid", tokens, "logit_diff",
-                  float(vals[-1]), Cost(1, 0, time.perf_counter() - t0), meta={"top_token_prompt0": top})
+    return DirectEffects(torch.stack(vals).cpu(), labels, ("layer",), "logit_lens", "resid", tokens, "logit_diff",
+                         float(vals[-1]), Cost(1, 0, time.perf_counter() - t0), meta={"top_token_prompt0": top})
 
 
 # ------------------------------------------------------------------ top-k at every position
