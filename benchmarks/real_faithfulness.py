@@ -25,23 +25,19 @@ from pathlib import Path
 import torch
 
 import circuitlab as cl
+from circuitlab.methods.registry import NODE_METHODS
 
 FAMILIES = ["attn_out", "mlp_out", "resid_pre", "heads", "q", "k", "v"]
-ESTIMATORS = [
-    ("atp", {}),
-    ("atp*", {}),
-    ("relp", {}),
-    ("relp", {"attention": "attnlrp"}),
-    ("ig", {"variant": "inputs", "steps": 16}),
-    ("ig", {"variant": "activations", "steps": 8}),
-]
+VARIANTS = {"relp": [{"attention": "attnlrp"}], "ig": [{"variant": "activations", "steps": 8}]}
+"""Further option settings run after an estimator's defaults."""
+ESTIMATORS = [(m, kw) for m in NODE_METHODS if m != "exact" for kw in [{}] + VARIANTS.get(m, [])]
 
 
 def label(method: str, kw: dict) -> str:
     if method == "relp":
         return "relp (attnlrp)" if kw.get("attention") == "attnlrp" else "relp (LN rule)"
     if method == "ig":
-        return f"ig ({kw['variant']})"
+        return f"ig ({kw.get('variant', 'inputs')})"
     return method
 
 
@@ -129,7 +125,7 @@ def main() -> None:
         tasks[task.name] = {"roles": list(task.roles), "prompts": len(task),
                             "example": task.prompts[0] if task.prompts else None}
         chosen = [(m, kw) for m, kw in ESTIMATORS if m in a.methods.split(",")
-                  and (m != "ig" or kw["variant"] in a.ig_variants.split(","))]
+                  and (m != "ig" or kw.get("variant", "inputs") in a.ig_variants.split(","))]
         run_task(model, task, a.families.split(","), chosen, log, rows)
     save(True)
     print(markdown(rows))
