@@ -90,7 +90,6 @@ def main() -> None:
 
 def _tl_heads_layers(b, task, cache, metric, layers):
     """TransformerLens' own per-index loop restricted to some layers (same hook and metric)."""
-    from functools import partial
 
     out = torch.zeros(len(layers), task.clean_tokens.shape[1], b.cfg.n_heads)
     for i, l in enumerate(layers):
