@@ -16,6 +16,7 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from circuitlab.data import check as check_data
 from circuitlab.sparse import validate as v
 from circuitlab.sparse.base import CoderConfig, config_class
 from circuitlab.sparse.trainer import TrainConfig
@@ -29,10 +30,15 @@ class RunConfig:
     """Output folder: checkpoints/, one SAE Lens folder per coder, metrics."""
     model: str = "gpt2-zoo"
     """Default model (zoo name, folder or hub id) for coders that name none."""
+    data: str = "zoo"
+    """Documents to train and evaluate on: zoo (the zoo corpus), text:PATH (one document per line),
+    jsonl:PATH[:FIELD], tokens:PATH[:KEY] (.npy/.safetensors token ids) or hf:NAME[@CONFIG][:SPLIT[:FIELD]]
+    (a Hugging Face dataset); evaluation reads the source's held-out documents (see circuitlab.data)."""
     ctx_len: int = 64
     """Tokens per document (longer documents are truncated)."""
     corpus_seed: int = 0
-    """Seed of the zoo training corpus (circuitlab.zoo.corpus.training_documents)."""
+    """Seed of the training document stream (for the zoo, the corpus generator's seed; for files and
+    datasets, the offsets documents are read from)."""
     shard_tokens: int = 16384
     """Activation rows per shard (the unit of caching, shuffling and data parallelism)."""
     docs_per_batch: int = 64
@@ -69,6 +75,12 @@ class RunConfig:
             v.fail(w, "out", self.out, "a non-empty folder path")
         if not isinstance(self.model, str) or not self.model:
             v.fail(w, "model", self.model, "a zoo name, model folder or hub id")
+        if not isinstance(self.data, str):
+            v.fail(w, "data", self.data, "a data-source name (zoo, text:PATH, jsonl:PATH[:FIELD], ...)")
+        try:
+            check_data(self.data)
+        except (ValueError, FileNotFoundError) as e:
+            raise type(e)(f"{w}: data: {e}") from None
         v.integer(w, "ctx_len", self.ctx_len, 2 if self.exclude_bos else 1)
         v.integer(w, "corpus_seed", self.corpus_seed, 0)
         v.integer(w, "shard_tokens", self.shard_tokens, 1)

@@ -4,7 +4,8 @@ Why these definitions: FVU is taken around the mean (``||x - x_hat||^2 / ||x - m
 not around zero, which flatters coders of activations with a large mean. CE-loss recovered
 ``(CE_ablate - CE_coder) / (CE_ablate - CE_clean)`` uses zero ablation of the site, and is
 computed on exactly the tokens training used (the same ``keep_mask``): BOS and excluded
-tokens keep their original activation in the spliced model.
+tokens keep their original activation in the spliced model. Documents are the held-out part of
+a :mod:`circuitlab.data` source (default: the zoo corpus), never ones training read.
 """
 
 from __future__ import annotations
@@ -17,20 +18,17 @@ from typing import Optional, Sequence
 
 import torch
 
+from circuitlab.data import DEFAULT, HELDOUT_SEED, Document, heldout
 from circuitlab.engine.forward import final_logits, run_to_final
-from circuitlab.engine.splice import splice
+from circuitlab.sparse.splice import splice
 from circuitlab.result import atomic_write
 from circuitlab.sparse.base import SparseCoder, spread
 from circuitlab.sparse.store import ActivationSource, Exclusion, SourceSpec, keep_mask, tokenize_documents
 
-HELDOUT_SEED = 987_654_321
-"""Corpus seed of evaluation documents (training uses small seeds)."""
 
-
-def heldout_documents(n: int = 64, seed: int = HELDOUT_SEED) -> list[str]:
-    from circuitlab.sparse.store import documents
-
-    return documents(seed, n)
+def heldout_documents(n: int = 64, seed: int = HELDOUT_SEED, data: str = DEFAULT, ctx_len: int = 64) -> list[Document]:
+    """Up to ``n`` evaluation documents of source ``data``, disjoint from its training documents."""
+    return heldout(data, n, seed, ctx_len)
 
 
 @torch.no_grad()
@@ -69,7 +67,8 @@ def _passthrough(ex: Exclusion, tokens_box: dict):
 
 
 @torch.no_grad()
-def splice_metrics(model, coder: SparseCoder, docs: Sequence[str], ctx_len: int = 64, batch_docs: int = 32) -> dict:
+def splice_metrics(model, coder: SparseCoder, docs: Sequence[Document], ctx_len: int = 64,
+                   batch_docs: int = 32) -> dict:
     """CE loss clean / spliced (with and without the error term) / zero-ablated, CE recovered, KL."""
     _, hout = coder.cfg.hooks_in[0], (coder.cfg.hooks_out or coder.cfg.hooks_in)[0]
     ex = Exclusion.of(coder.cfg)
@@ -124,16 +123,17 @@ def splice_metrics(model, coder: SparseCoder, docs: Sequence[str], ctx_len: int 
     return out
 
 
-def evaluate(models, coder: SparseCoder, docs: Optional[Sequence[str]] = None, n_docs: int = 64,
-             ctx_len: int = 64, dense_threshold: float = 0.1, splice_model: bool = True) -> dict:
-    """All metrics of ``coder`` on held-out documents. ``models``: one model, or one per
-    crosscoder source model. Single-source coders are also spliced into the model."""
+def evaluate(models, coder: SparseCoder, docs: Optional[Sequence[Document]] = None, n_docs: int = 64,
+             ctx_len: int = 64, dense_threshold: float = 0.1, splice_model: bool = True, data: str = DEFAULT) -> dict:
+    """All metrics of ``coder`` on ``docs``, by default ``n_docs`` held-out documents of source
+    ``data`` (a :mod:`circuitlab.data` name). ``models``: one model, or one per crosscoder source
+    model. Single-source coders are also spliced into the model."""
     models = list(models) if isinstance(models, (list, tuple)) else [models]
-    docs = list(docs) if docs is not None else heldout_documents(n_docs)
+    docs = list(docs) if docs is not None else heldout_documents(n_docs, data=data, ctx_len=ctx_len)
     src = ActivationSource(models, SourceSpec.of(coder.cfg), Exclusion.of(coder.cfg), ctx_len)
     rows = src.rows(docs)
-    m = reconstruction_metrics(coder, rows.x.to(coder.W_enc.device), None if rows.y is None else rows.y.to(coder.W_enc.device),
-                               dense_threshold)
+    dev = coder.W_enc.device
+    m = reconstruction_metrics(coder, rows.x.to(dev), None if rows.y is None else rows.y.to(dev), dense_threshold)
     if splice_model and coder.cfg.n_sources == 1 and coder.cfg.n_targets_ == 1 and len(models) == 1:
         m.update(splice_metrics(models[0], coder, docs, ctx_len))
     return m

@@ -4,9 +4,10 @@ Why this shape: activations come through the engine (``capture``: one forward pa
 for all requested hooks, stopping after the last one), are filtered by one function
 (``keep_mask``) that evaluation calls too — so BOS, special and very-high-norm tokens are
 excluded identically — and are grouped into *shards* that are a pure function of
-``(seed, shard index)``. A shard can be generated on the fly or read from an on-disk cache
-(sharded safetensors with token ids, written atomically, read one shard at a time), and a
-resumed run regenerates or rereads exactly the data an uninterrupted run would have seen.
+``(data source, seed, shard index)``; documents come from any :mod:`circuitlab.data` source. A
+shard can be generated on the fly or read from an on-disk cache (sharded safetensors with token
+ids, written atomically, read one shard at a time), and a resumed run regenerates or rereads
+exactly the data an uninterrupted run would have seen.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from circuitlab.data import DEFAULT, Document, open_source, pad_documents
 from circuitlab.engine.cache import capture
 from circuitlab.result import atomic_write
 
@@ -39,7 +41,8 @@ class Exclusion:
         return cls(cfg.exclude_bos, tuple(cfg.exclude_token_ids), cfg.exclude_norm_above)
 
 
-def keep_mask(tokens: torch.Tensor, lengths: torch.Tensor, norms: Optional[torch.Tensor], ex: Exclusion) -> torch.Tensor:
+def keep_mask(tokens: torch.Tensor, lengths: torch.Tensor, norms: Optional[torch.Tensor],
+              ex: Exclusion) -> torch.Tensor:
     """[B, T] True where a token is used: inside its document and not excluded."""
     B, T = tokens.shape
     pos = torch.arange(T, device=tokens.device)[None, :]
@@ -87,14 +90,13 @@ class Rows:
                     torch.cat([r.doc for r in rows]), torch.cat([r.pos for r in rows]))
 
     def index(self, idx: torch.Tensor) -> "Rows":
-        return Rows(self.x[idx], None if self.y is None else self.y[idx], self.tokens[idx], self.doc[idx], self.pos[idx])
+        y = None if self.y is None else self.y[idx]
+        return Rows(self.x[idx], y, self.tokens[idx], self.doc[idx], self.pos[idx])
 
 
-def tokenize_documents(tokenizer, docs: Sequence[str], ctx_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def tokenize_documents(tokenizer, docs: Sequence[Document], ctx_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, ctx_len] token ids (one document per row, truncated, right-padded) and lengths."""
-    from circuitlab.tasks.tokenize import right_pad
-
-    return right_pad(tokenizer, docs, ctx_len)
+    return pad_documents(tokenizer, docs, ctx_len)
 
 
 @dataclass
@@ -133,7 +135,7 @@ class ActivationSource:
         self.dtype = dtype
         self.model_in = spec.model_in or (0,) * len(spec.hooks_in)
 
-    def rows(self, docs: Sequence[str]) -> Rows:
+    def rows(self, docs: Sequence[Document]) -> Rows:
         """Activations of every kept token of ``docs``."""
         m0 = self.models[0]
         tokens, lengths = tokenize_documents(m0.tokenizer, docs, self.ctx_len)
@@ -162,7 +164,7 @@ class ActivationSource:
         y = torch.cat([got[(0, h)][b, p] for h in self.spec.hooks_out], dim=-1) if self.spec.hooks_out else None
         return Rows(x, y, tokens[b, p].to(torch.int32), b.to(torch.int32), p.to(torch.int32))
 
-    def calibrate(self, docs: Sequence[str], factor: float = 10.0) -> float:
+    def calibrate(self, docs: Sequence[Document], factor: float = 10.0) -> float:
         """A high-norm cut-off: ``factor`` x the median source norm of ``docs`` (BOS and
         special tokens already excluded)."""
         ex, self.exclusion = self.exclusion, Exclusion(self.exclusion.bos, self.exclusion.token_ids, None)
@@ -216,16 +218,15 @@ MAX_EMPTY_BATCHES = 8
 """Consecutive document batches that yield no token before shard building gives up."""
 
 
-def documents(seed: int, n: int) -> list[str]:
-    """Training documents from the zoo corpus (deterministic in ``seed``)."""
-    from circuitlab.zoo.corpus import training_documents
-
-    return training_documents(seed, n)
+def documents(seed: int, n: int, data: str = DEFAULT, ctx_len: int = 64) -> list[Document]:
+    """Training documents of source ``data`` (default: the zoo corpus), deterministic in ``seed``;
+    ``ctx_len`` only cuts a 1-D token stream into documents."""
+    return open_source(data, ctx_len).documents(seed, n)
 
 
 @dataclass
 class ShardPlan:
-    """How shards are cut: shard ``i`` is documents of seeds ``(seed, i, j)``."""
+    """How shards are cut: shard ``i`` is documents of seeds ``(seed, i, j)`` of source ``data``."""
 
     seed: int = 0
     """Corpus seed; shard i batch j uses documents of seed ``seed * 1_000_003 + i * 1_009 + j``."""
@@ -233,13 +234,26 @@ class ShardPlan:
     """Rows per shard (the last document batch is truncated to fit)."""
     docs_per_batch: int = 64
     """Documents per forward pass."""
+    data: str = DEFAULT
+    """Data source the documents come from (see :mod:`circuitlab.data`)."""
+
+    def info(self) -> dict:
+        """The plan as recorded by an activation cache (the default source is left out, so a cache
+        built before sources were named still matches)."""
+        d = asdict(self)
+        if self.data == DEFAULT:
+            del d["data"]
+        return d
 
 
 def make_shard(source: ActivationSource, plan: ShardPlan, i: int,
-               docs_fn: Callable[[int, int], list[str]] = documents) -> Rows:
-    """Shard ``i``: a pure function of (plan, i). Raises ValueError, naming what excluded the
-    tokens, after ``MAX_EMPTY_BATCHES`` document batches in a row yield none (otherwise a model
-    whose activations are all NaN, or a norm filter that drops everything, loops forever)."""
+               docs_fn: Optional[Callable[[int, int], list[Document]]] = None) -> Rows:
+    """Shard ``i``: a pure function of (plan, i), documents from ``plan.data`` unless ``docs_fn``
+    gives them. Raises ValueError, naming what excluded the tokens, after ``MAX_EMPTY_BATCHES``
+    document batches in a row yield none (otherwise a model whose activations are all NaN, or a
+    norm filter that drops everything, loops forever)."""
+    if docs_fn is None:
+        docs_fn = open_source(plan.data, source.ctx_len).documents
     parts, n, j, empty = [], 0, 0, 0
     totals: dict[str, int] = {}
     while n < plan.shard_tokens:
@@ -285,13 +299,13 @@ class ActivationCache:
         from tqdm.auto import tqdm
 
         self.path.mkdir(parents=True, exist_ok=True)
-        info = {"plan": asdict(plan), "hooks_in": list(source.spec.hooks_in), "hooks_out": list(source.spec.hooks_out),
+        info = {"plan": plan.info(), "hooks_in": list(source.spec.hooks_in), "hooks_out": list(source.spec.hooks_out),
                 "exclusion": asdict(source.exclusion), "ctx_len": source.ctx_len, "meta": meta or {}}
         old = self.index
         if old and {k: old.get(k) for k in info} != json.loads(json.dumps(info)):
             raise ValueError(f"activation cache {self.path} was built with different settings; "
                              "use another cache_dir or delete it")
-        atomic_write(self.path / "index.json", lambda t: Path(t).write_text(json.dumps({**info, "n_shards": old.get("n_shards", 0)}, indent=1)))
+        self._write_index({**info, "n_shards": old.get("n_shards", 0)})
         for i in tqdm(range(n_shards), desc="activation cache", disable=not progress, leave=False):
             if self.shard_path(i).exists():
                 continue
@@ -299,8 +313,11 @@ class ActivationCache:
             tensors = {k: v.contiguous() for k, v in rows.tensors().items()}
             atomic_write(self.shard_path(i), lambda t, tensors=tensors: save_file(tensors, t))
         n = max(n_shards, old.get("n_shards", 0))
-        atomic_write(self.path / "index.json", lambda t: Path(t).write_text(json.dumps({**info, "n_shards": n}, indent=1)))
+        self._write_index({**info, "n_shards": n})
         return self
+
+    def _write_index(self, info: dict) -> None:
+        atomic_write(self.path / "index.json", lambda t: Path(t).write_text(json.dumps(info, indent=1)))
 
     @property
     def n_shards(self) -> int:
