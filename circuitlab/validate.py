@@ -11,15 +11,12 @@ import difflib
 import inspect
 from typing import Callable, Iterable, Optional
 
-OWN_ARGUMENTS = ("model", "task", "sites", "direction", "positions")
-"""Arguments every method takes from ``patch`` itself; not user options."""
-
 COMMON_OPTIONS = ("progress",)
-"""Options every method accepts, so one call works across methods (ignored where there is no
-progress bar to show)."""
+"""Options ``cl.patch`` accepts for every method so one call works across methods; passed on only
+to methods that declare them (elsewhere there is no progress bar to show)."""
 
 
-def declared_options(fn: Callable, exclude: Iterable[str] = OWN_ARGUMENTS) -> list[str]:
+def declared_options(fn: Callable, exclude: Iterable[str]) -> list[str]:
     """The keyword options ``fn`` declares (its ``**`` catch-all, if any, does not count)."""
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     skip = set(exclude)
@@ -34,8 +31,9 @@ def suggest(name: str, valid: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}? {listed}" if close else f"; {listed}"
 
 
-def check_options(fn: Callable, options: dict, method: str, exclude: Iterable[str] = OWN_ARGUMENTS) -> None:
-    """Reject keyword ``options`` that ``fn`` (the implementation of ``method``) does not declare."""
+def check_options(fn: Callable, options: dict, method: str, exclude: Iterable[str]) -> None:
+    """Reject keyword ``options`` that ``fn`` (the implementation of ``method``) does not declare
+    (for functions outside the method registries, whose options are their keyword arguments)."""
     valid = declared_options(fn, exclude)
     valid += [o for o in COMMON_OPTIONS if o not in valid]
     for name in options:

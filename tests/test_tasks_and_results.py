@@ -88,3 +88,13 @@ def test_loading_a_non_safetensors_result(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(ValueError, match="not a readable safetensors"):
         Result.load(tmp_path / "x")
+
+
+def test_base_and_source_follow_the_direction(gpt2, ioi_pairs):
+    task = cl.tasks.from_pairs(gpt2, ioi_pairs)
+    base, src = task.base_and_source("denoising")
+    assert base is task.corrupt_tokens and src is task.clean_tokens
+    base, src = task.base_and_source("noising")
+    assert base is task.clean_tokens and src is task.corrupt_tokens
+    with pytest.raises(ValueError, match="unknown direction 'forward'; use 'denoising'"):
+        task.base_and_source("forward")

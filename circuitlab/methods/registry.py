@@ -29,13 +29,12 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
+from circuitlab.validate import COMMON_OPTIONS, check_choice, suggest
+
 NODE_ARGUMENTS = ("model", "task", "sites", "direction", "positions")
 """What ``cl.patch`` passes to every node method itself (not user options)."""
 EDGE_ARGUMENTS = ("model", "task", "direction")
 """What ``circuits.edges`` passes to every edge method itself."""
-COMMON_OPTIONS = ("progress",)
-"""Options ``cl.patch`` accepts for every method so one call works across methods; passed on only
-to methods that declare them (elsewhere there is no progress bar to show)."""
 
 
 @dataclass
@@ -76,8 +75,6 @@ class Method:
 
     def check(self, options: Mapping[str, Any]) -> None:
         """Reject option names this method does not declare (nor accept as common options)."""
-        from circuitlab.validate import suggest
-
         valid = self.option_names
         valid += [o for o in COMMON_OPTIONS if o not in valid]
         for name in options:
@@ -133,8 +130,6 @@ class Registry(Mapping[str, Method]):
             raise
 
     def __getitem__(self, name: str) -> Method:
-        from circuitlab.validate import check_choice
-
         self._load()
         check_choice("method", name, list(self))
         return self._methods[name]
