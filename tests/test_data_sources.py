@@ -136,6 +136,21 @@ def test_text_file_reread_when_changed(tmp_path):
     assert list(open_source(f"text:{p}").docs) == ["one two", "three four five"]
 
 
+def test_activation_cache_of_a_file_refuses_the_file_once_edited(tmp_path, gpt2):
+    from circuitlab.sparse.store import ActivationCache
+
+    p = tmp_path / "a.txt"
+    p.write_text("\n".join(f"Mary went to the store w{i} ." for i in range(40)) + "\n")
+    src = ActivationSource([gpt2], SourceSpec(("blocks.0.hook_resid_pre",)), Exclusion(), 16)
+    plan = ShardPlan(seed=0, shard_tokens=32, docs_per_batch=4, data=f"text:{p}")
+    cache = ActivationCache(tmp_path / "c").build(src, plan, 1)
+    assert torch.equal(cache.read(0).tokens, make_shard(src, plan, 0).tokens)
+    assert cache.build(src, plan, 2).n_shards == 2  # unchanged file: the cache is extended
+    p.write_text(p.read_text().replace("w7 ", "w8 "))
+    with pytest.raises(ValueError, match="built with different settings"):
+        cache.build(src, plan, 2)
+
+
 def test_jsonl_field_bom_and_errors(tmp_path):
     p = tmp_path / "d.jsonl"
     recs = [{"body": f"doc {i}", "id": i} for i in range(30)] + [{"body": "", "id": 99}]
@@ -232,17 +247,18 @@ def test_token_pool_is_the_most_frequent_words_of_the_training_documents(tmp_pat
     from collections import Counter
 
     tok = gpt2.tokenizer
-    lines = [" ".join(["Mary"] * (k % 3 + 1) + ["John"] * (k % 5) + ["Paris"] * (k % 2) + ["the", ",", "a", "zebra",
-                                                                                            f"w{k % 100}"])
-             for k in range(60)]
+    # Mary and John tie (29 training documents each): counting any document twice would break the tie
+    lines = [" ".join((["Mary"] if k % 2 == 0 else ["John"]) + ["Anna"] * (k % 3 == 0) + ["Tom"] * 3 * (k % 7 == 0)
+                      + ["the", ",", "a", "zebra", f"w{k}"]) for k in range(60)]
     p = tmp_path / "pool.txt"
     p.write_text("\n".join(lines) + "\n")
-    train = [x for x in dict.fromkeys(lines) if not is_heldout(x)]
-    counts = Counter(w for x in train for w in x.split())
+    counts = Counter(w for x in lines if not is_heldout(x) for w in x.split())
+    assert counts["Mary"] == counts["John"]
     want = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], tok.convert_tokens_to_ids(kv[0])))
-            if w in ("Mary", "John", "Paris", "the")]  # ',', 'a', w<k> and the unknown 'zebra' are no words
-    pool = data.token_pool(tok, f"text:{p}", n=10)
-    assert [tok.decode([i]) for i in pool] == want
+            if w in ("Mary", "John", "Anna", "Tom", "the")]  # ',', 'a', w<k> and the unknown 'zebra' are no words
+    for seed in range(5):  # each training document counted once, whatever the seed
+        pool = data.token_pool(tok, f"text:{p}", n=10, seed=seed)
+        assert [tok.decode([i]) for i in pool] == want
     assert data.token_pool(tok, f"text:{p}", n=2) == pool[:2]
 
 

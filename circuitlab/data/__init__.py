@@ -11,10 +11,10 @@ word tokens of a source).
 from circuitlab.data.batch import pad_documents
 from circuitlab.data.pool import token_pool
 from circuitlab.data.source import (HELDOUT_EVERY, HELDOUT_SEED, Document, DocumentSet, Source, ZooSource,
-                                    documents, heldout, is_heldout, open_source)
+                                    documents, fingerprint, heldout, is_heldout, open_source)
 from circuitlab.data.spec import DEFAULT, KINDS, DataSpec, check, parse
 from circuitlab.data.text import read_jsonl, read_text
 
 __all__ = ["DEFAULT", "HELDOUT_EVERY", "HELDOUT_SEED", "KINDS", "DataSpec", "Document", "DocumentSet", "Source",
-           "ZooSource", "check", "documents", "heldout", "is_heldout", "open_source", "pad_documents", "parse",
-           "read_jsonl", "read_text", "token_pool"]
+           "ZooSource", "check", "documents", "fingerprint", "heldout", "is_heldout", "open_source", "pad_documents",
+           "parse", "read_jsonl", "read_text", "token_pool"]

@@ -5,14 +5,14 @@ for probe concepts) should draw them from the text the model is studied on, not 
 corpus's vocabulary. A word token decodes to two or more letters and is not special; where the
 vocabulary marks word starts (a leading space, as in byte-level BPE and SentencePiece), only
 word-start tokens count. Frequencies are counted on the source's training documents, each cut to
-``ctx_len`` tokens.
+``ctx_len`` tokens; a file with fewer training documents than asked for is counted once, whole.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from circuitlab.data.source import documents
+from circuitlab.data.source import DocumentSet, open_source
 from circuitlab.data.spec import DEFAULT
 
 
@@ -29,8 +29,11 @@ def token_pool(tokenizer, data: str = DEFAULT, n: int = 200, n_docs: int = 512, 
                ctx_len: int = 64) -> list[int]:
     """Ids of up to ``n`` word tokens of ``tokenizer``, most frequent first in ``n_docs`` training
     documents of source ``data`` (ties by id). Words: ``tokenizer.decode([i]).strip()``."""
+    src = open_source(data, ctx_len)
+    if isinstance(src, DocumentSet):
+        n_docs = min(n_docs, len(src.train))
     counts: Counter = Counter()
-    for doc in documents(data, seed, n_docs, ctx_len):
+    for doc in src.documents(seed, n_docs):
         ids = tokenizer(doc, add_special_tokens=False)["input_ids"] if isinstance(doc, str) else doc.tolist()
         counts.update(ids[:ctx_len])
     skip = set(tokenizer.all_special_ids) | {tokenizer.unk_token_id}

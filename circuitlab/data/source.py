@@ -82,11 +82,15 @@ class DocumentSet:
     def __init__(self, name: str, docs: Sequence[Document]):
         self.name = name
         self.docs = docs
-        train, held = [], []
+        train, held, crcs = [], [], bytearray()
         for i, d in enumerate(docs):
-            (held if is_heldout(d) else train).append(i)
+            crc = zlib.crc32(_content(d))
+            (held if crc % HELDOUT_EVERY == 0 else train).append(i)
+            crcs += crc.to_bytes(4, "little")
         random.Random(0).shuffle(train)
         self.train, self.held = train, held
+        # changes when any document does; recorded beside activations built from the source
+        self.fingerprint = f"{len(docs)}-{zlib.crc32(crcs):08x}"
 
     def documents(self, seed: int, n: int) -> list[Document]:
         if not self.train:
@@ -137,6 +141,12 @@ def open_source(spec: str = DEFAULT, ctx_len: int = 64) -> Source:
         return ZooSource()
     stamp = _stamp(d.path) if d.kind != "hf" else ()
     return _open(spec, ctx_len if d.kind == "tokens" else 0, stamp)
+
+
+def fingerprint(spec: str, ctx_len: int = 64) -> str:
+    """What identifies the documents of ``spec`` ("" for the zoo, whose documents follow from seeds)."""
+    src = open_source(spec, ctx_len)
+    return src.fingerprint if isinstance(src, DocumentSet) else ""
 
 
 def documents(spec: str, seed: int, n: int, ctx_len: int = 64) -> list[Document]:

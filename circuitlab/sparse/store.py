@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from circuitlab.data import DEFAULT, Document, open_source, pad_documents
+from circuitlab.data import DEFAULT, Document, fingerprint, open_source, pad_documents
 from circuitlab.engine.cache import capture
 from circuitlab.result import atomic_write
 
@@ -301,6 +301,8 @@ class ActivationCache:
         self.path.mkdir(parents=True, exist_ok=True)
         info = {"plan": plan.info(), "hooks_in": list(source.spec.hooks_in), "hooks_out": list(source.spec.hooks_out),
                 "exclusion": asdict(source.exclusion), "ctx_len": source.ctx_len, "meta": meta or {}}
+        if plan.data != DEFAULT:  # a file edited after the cache was built must not be read stale
+            info["data_fingerprint"] = fingerprint(plan.data, source.ctx_len)
         old = self.index
         if old and {k: old.get(k) for k in info} != json.loads(json.dumps(info)):
             raise ValueError(f"activation cache {self.path} was built with different settings; "
