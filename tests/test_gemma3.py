@@ -164,7 +164,7 @@ def _check_qk_fix(m, task, layer):
     rule = qk_fix.score_rule(m, layer)
     fast_q = qk_fix.query_effects(qb, src[qn], kb, A, G, rule)
     fast_k = qk_fix.key_effects(qb, kb, src[kn], A, G, rule)
-    toks, T = task.corrupt_tokens, A.shape[-1]
+    toks = task.corrupt_tokens
     group = qb.shape[2] // kb.shape[2]
     checked = 0
 

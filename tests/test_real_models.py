@@ -79,7 +79,8 @@ def test_exact_head_patching_matches_plain_torch_hooks(smollm2):
     import circuitlab as cl
     from transformers import AutoModelForCausalLM
 
-    task = cl.tasks.from_pairs(smollm2, [{"clean": c, "corrupt": k, "answer": a, "wrong": w} for c, k, a, w in PAIRS[:2]])
+    pairs = [{"clean": c, "corrupt": k, "answer": a, "wrong": w} for c, k, a, w in PAIRS[:2]]
+    task = cl.tasks.from_pairs(smollm2, pairs)
     n_pos = task.clean_tokens.shape[1]
     assert bool((task.lengths == n_pos).all()), "the pairs are chosen to tokenize to one length"
     layers, positions = [0, 9, 20, 29], [n_pos - 6, n_pos - 1]
@@ -90,6 +91,12 @@ def test_exact_head_patching_matches_plain_torch_hooks(smollm2):
     got = ours.values.double().reshape(ref.shape)
     assert ref.abs().max() > 0.05, "the chosen heads should matter at the final position"
     torch.testing.assert_close(got, ref, atol=2e-4, rtol=1e-4)
+
+
+def test_smollm2_is_a_llama(smollm2):
+    a = smollm2.adapter
+    assert (a.family, a.positional_embedding, a.norm_kind, a.gated_mlp) == ("llama", "rotary", "RMS", True)
+    assert a.attn_scale(0) == 64 ** -0.5 and a.norm("ln1", 0).eps == smollm2.bridge.original_model.config.rms_norm_eps
 
 
 def test_smollm2_solves_wang_style_ioi(smollm2):
@@ -108,6 +115,10 @@ def test_gemma3_loads_and_answers():
 
     model = cl.load("gemma3-270m", device="cpu")
     assert (model.n_layers, model.n_heads, model.n_kv_heads, model.d_model) == (18, 4, 1, 640)
+    cfg = model.bridge.original_model.config
+    assert model.adapter.family == "gemma3" and model.adapter.attn_scale(0) == cfg.query_pre_attn_scalar ** -0.5
+    windows = [model.adapter.sliding_window(l) for l in range(18)]
+    assert windows == [cfg.sliding_window if t == "sliding_attention" else None for t in cfg.layer_types]
     task = cl.tasks.from_pairs(model, [{"clean": c, "corrupt": k, "answer": a, "wrong": w} for c, k, a, w in PAIRS[:2]])
     with torch.no_grad():
         assert float(task.metric.from_logits(model.bridge(task.clean_tokens)).mean()) > 0

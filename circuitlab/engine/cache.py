@@ -12,6 +12,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from circuitlab.engine.hooks import resolve, scoped_hooks
+from circuitlab.engine.sites import position_axis
 
 
 class _Captured(Exception):
@@ -48,10 +49,11 @@ def capture(
         pos_idx = torch.as_tensor(positions, dtype=torch.long)
 
     def make(name: str):
+        axis = position_axis(name)
+
         def fn(act: torch.Tensor):
             x = act
             if pos_idx is not None:
-                axis = 2 if name.endswith(("hook_pattern", "hook_attn_scores")) else 1
                 x = x.index_select(axis, pos_idx.to(x.device))
             if dtype is not None or device is not None:
                 x = x.to(device=device or x.device, dtype=dtype or x.dtype)

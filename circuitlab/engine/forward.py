@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from circuitlab.engine.hooks import scoped_hooks
+from circuitlab.engine.sites import hook_name
 
 
 class _FinalResidual(Exception):
@@ -53,7 +54,7 @@ def run_to_final(
     those alone (the rest of the returned residual is not the model's). Callers must not hook
     the last block's MLP when they pass it."""
     bridge = model.bridge
-    hooks = list(hooks) + [("ln_final.hook_in", _stop)]
+    hooks = list(hooks) + [(hook_name("ln_final.in"), _stop)]
     kwargs: dict = {}
     pre = []
     start = 0
@@ -83,7 +84,7 @@ def run_to_final(
             bridge(tokens, return_type=None, **kwargs)
         except _FinalResidual as done:
             return done.resid
-    raise RuntimeError("the model finished without reaching its final norm (ln_final.hook_in)")
+    raise RuntimeError(f"the model finished without reaching its final norm ({hook_name('ln_final.in')})")
 
 
 def final_logits(model, resid: torch.Tensor) -> torch.Tensor:
@@ -96,9 +97,9 @@ def final_logits(model, resid: torch.Tensor) -> torch.Tensor:
 
 
 def logit_softcap(model) -> float | None:
-    """The final-logit soft-capping constant, or None where the model has none."""
-    cap = getattr(model.bridge.original_model.config, "final_logit_softcapping", None)
-    return float(cap) if cap else None
+    """The final-logit soft-capping constant, or None where the model has none (the model
+    family's adapter says)."""
+    return model.adapter.logit_softcap
 
 
 def new_kv_cache(model):
@@ -204,7 +205,9 @@ class _RowsOnly(torch.nn.Module):
 
 class _last_mlp_at:
     """Temporarily run the last block's MLP only where the caller reads: in the last block a
-    position's MLP output reaches no other position, and the MLP is most of the block's work."""
+    position's MLP output reaches no other position, and the MLP is most of the block's work.
+    Only where the model's adapter calls that MLP dense and position-wise (a mixture of experts
+    returns router outputs too and is left alone)."""
 
     def __init__(self, model, positions: Optional[torch.Tensor]):
         self.model, self.positions, self.owner = model, positions, None
@@ -212,18 +215,15 @@ class _last_mlp_at:
     def __enter__(self):
         if self.positions is None:
             return
-        block = self.model.layers[-1]
-        owner = getattr(block, "_original_component", block)
-        mlp = getattr(owner, "mlp", None)
-        # dense, position-wise MLPs only (TransformerLens' MLP bridges); a mixture of experts
-        # returns router outputs too and is left alone
-        if isinstance(mlp, torch.nn.Module) and "MLP" in type(mlp).__name__ and "MoE" not in type(mlp).__name__:
-            self.owner, self.mlp = owner, mlp
-            owner.mlp = _RowsOnly(mlp, self.positions)
+        slot = self.model.adapter.dense_mlp_slot(self.model.n_layers - 1)
+        if slot is not None:
+            self.owner, self.attr = slot
+            self.mlp = getattr(self.owner, self.attr)
+            setattr(self.owner, self.attr, _RowsOnly(self.mlp, self.positions))
 
     def __exit__(self, *exc):
         if self.owner is not None:
-            self.owner.mlp = self.mlp
+            setattr(self.owner, self.attr, self.mlp)
         return False
 
 

@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 
 from circuitlab.engine.forward import final_logits, gather_positions, run_to_final
+from circuitlab.engine.sites import hook_name
 
 
 def backward_rule(y: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
@@ -38,7 +39,7 @@ class GradGates:
                 if not x.requires_grad:
                     return None
                 y = x.view_as(x)
-                y.register_hook(lambda g, name=name: g * self.scale.get(name, 1.0) if self.scale.get(name, 1.0) != 1.0 else None)
+                y.register_hook(lambda g, name=name: g * self.scale[name] if self.scale.get(name, 1.0) != 1.0 else None)
                 return y
 
             out.append((name, fn))
@@ -86,7 +87,7 @@ def forward_for_grads(
 
     hooks = list(extra_hooks) + [(n, make(n)) for n in dict.fromkeys(names)]
     if embed_hook is not None:
-        hooks = [("hook_embed", embed_hook)] + hooks
+        hooks = [(hook_name("embed"), embed_hook)] + hooks
     B = tokens.shape[0]
     rows = torch.arange(B, device=tokens.device).repeat(copies)
     with torch.enable_grad():

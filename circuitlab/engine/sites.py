@@ -13,31 +13,119 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-# family -> (legacy TransformerLens hook name template, index dims after [batch, pos])
+HOOKS: dict[str, str] = {
+    # the residual stream and what each block adds to it
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "resid_mid": "blocks.{layer}.hook_resid_mid",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+    "attn_in": "blocks.{layer}.hook_attn_in",
+    "attn_out": "blocks.{layer}.hook_attn_out",
+    "mlp_out": "blocks.{layer}.hook_mlp_out",
+    # attention: per-head values [batch, pos, head, d_head]; patterns and scores [batch, head, q, k]
+    "heads": "blocks.{layer}.attn.hook_z",
+    "q": "blocks.{layer}.attn.hook_q",
+    "k": "blocks.{layer}.attn.hook_k",
+    "v": "blocks.{layer}.attn.hook_v",
+    "rot_q": "blocks.{layer}.attn.hook_rot_q",
+    "rot_k": "blocks.{layer}.attn.hook_rot_k",
+    "attn_scores": "blocks.{layer}.attn.hook_attn_scores",
+    "pattern": "blocks.{layer}.attn.hook_pattern",
+    # MLP: its (normalised) input, gate pre-activation, linear branch, neurons
+    "mlp_in": "blocks.{layer}.mlp.hook_in",
+    "mlp_pre": "blocks.{layer}.mlp.hook_pre",
+    "mlp_pre_linear": "blocks.{layer}.mlp.hook_pre_linear",
+    "neurons": "blocks.{layer}.mlp.hook_post",
+    # a spliced sparse coder's latents
+    "latents": "blocks.{layer}.hook_latents",
+    # outside the blocks
+    "embed": "hook_embed",
+    "pos_embed": "hook_pos_embed",
+}
+"""Hook point -> legacy TransformerLens hook name; ``{layer}`` marks a point inside a block."""
+
+NORMS: dict[str, str] = {
+    "ln1": "blocks.{layer}.ln1",
+    "ln2": "blocks.{layer}.ln2",
+    "ln1_post": "blocks.{layer}.ln1_post",
+    "ln2_post": "blocks.{layer}.ln2_post",
+    "q_norm": "blocks.{layer}.attn.q_norm",
+    "k_norm": "blocks.{layer}.attn.k_norm",
+    "ln_final": "ln_final",
+}
+"""Norm -> its module path in the bridge. Each norm has four hook points, ``NAME.in``,
+``NAME.scale`` (the normaliser), ``NAME.normalized`` (before the gain) and ``NAME.out``."""
+NORM_POINTS = ("in", "scale", "normalized", "out")
+HOOKS.update({f"{norm}.{point}": f"{path}.hook_{point}" for norm, path in NORMS.items() for point in NORM_POINTS})
+
+# family -> (hook name template, index dims after [batch, pos])
 # "head" dims index heads, "unit" dims index neurons/latents, "vector" dims are whole vectors.
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "resid_pre": ("blocks.{layer}.hook_resid_pre", ()),
-    "resid_mid": ("blocks.{layer}.hook_resid_mid", ()),
-    "resid_post": ("blocks.{layer}.hook_resid_post", ()),
-    "attn_out": ("blocks.{layer}.hook_attn_out", ()),
-    "mlp_out": ("blocks.{layer}.hook_mlp_out", ()),
-    "heads": ("blocks.{layer}.attn.hook_z", ("head",)),
-    "q": ("blocks.{layer}.attn.hook_q", ("head",)),
-    "k": ("blocks.{layer}.attn.hook_k", ("head",)),
-    "v": ("blocks.{layer}.attn.hook_v", ("head",)),
-    "pattern": ("blocks.{layer}.attn.hook_pattern", ("head",)),
-    "neurons": ("blocks.{layer}.mlp.hook_post", ("unit",)),
-    "latents": ("blocks.{layer}.hook_latents", ("unit",)),
+    "resid_pre": (HOOKS["resid_pre"], ()),
+    "resid_mid": (HOOKS["resid_mid"], ()),
+    "resid_post": (HOOKS["resid_post"], ()),
+    "attn_out": (HOOKS["attn_out"], ()),
+    "mlp_out": (HOOKS["mlp_out"], ()),
+    "heads": (HOOKS["heads"], ("head",)),
+    "q": (HOOKS["q"], ("head",)),
+    "k": (HOOKS["k"], ("head",)),
+    "v": (HOOKS["v"], ("head",)),
+    "pattern": (HOOKS["pattern"], ("head",)),
+    "neurons": (HOOKS["neurons"], ("unit",)),
+    "latents": (HOOKS["latents"], ("unit",)),
 }
 VECTOR_FAMILIES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 HEAD_FAMILIES = ("heads", "q", "k", "v", "pattern")
 UNIT_FAMILIES = ("neurons", "latents")
+QUERY_AXIS_POINTS = ("pattern", "attn_scores")
+"""Points shaped [batch, head, query, key]: their positions are on axis 2, not 1."""
 
 
-def hook_name(family: str, layer: int) -> str:
-    """The TransformerLens (legacy) hook name that carries ``family`` at ``layer``."""
-    check_family(family)
-    return FAMILIES[family][0].format(layer=layer)
+def hook_name(site: str, layer: Optional[int] = None) -> str:
+    """The TransformerLens (legacy) hook name of ``site`` at block ``layer``: the only place
+    hook names are spelt. ``site`` is a node family (``heads``, ``resid_pre`` ...), another
+    point of :data:`HOOKS` (``rot_q``, ``mlp_pre``, ``embed`` ...) or a norm point
+    (``ln1.scale``, ``ln_final.in``); points outside the blocks take no layer."""
+    template = HOOKS.get(site)
+    if template is None:
+        others = [h for h in HOOKS if h not in FAMILIES and h.split(".")[0] not in NORMS]
+        raise ValueError(f"unknown site {site!r}; valid families are: {', '.join(FAMILIES)}; other "
+                         f"hook points: {', '.join(others)}; norm points NORM.{{{','.join(NORM_POINTS)}}} "
+                         f"for NORM in {', '.join(NORMS)}")
+    if "{layer}" not in template:
+        if layer is not None:
+            raise ValueError(f"hook point {site!r} is outside the blocks; call hook_name({site!r}) without a layer")
+        return template
+    if layer is None:
+        raise ValueError(f"hook point {site!r} is inside a block; give its layer, e.g. hook_name({site!r}, 0)")
+    return template.format(layer=layer)
+
+
+def norm_path(norm: str, layer: Optional[int] = None) -> str:
+    """The bridge module path of a norm (``ln1`` of block 3 -> ``blocks.3.ln1``)."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; valid norms are: {', '.join(NORMS)}")
+    hook_name(f"{norm}.in", layer)  # the same layer rules as its hook points
+    return NORMS[norm].format(layer=layer)
+
+
+def parse_hook(name: str) -> Optional[tuple[str, Optional[int]]]:
+    """The inverse of :func:`hook_name`: ``blocks.3.attn.hook_z`` -> ``('heads', 3)``,
+    ``hook_embed`` -> ``('embed', None)``; None for a name not spelt by :func:`hook_name`."""
+    for point, pattern in _PARSE:
+        m = pattern.fullmatch(name)
+        if m:
+            return point, (int(m.group(1)) if m.groups() else None)
+    return None
+
+
+_PARSE = [(p, re.compile(re.escape(t).replace(re.escape("{layer}"), r"(\d+)"))) for p, t in HOOKS.items()]
+
+
+def position_axis(hook: str) -> int:
+    """The axis of a hook's activation that indexes positions: 2 (queries) for attention
+    patterns and scores [batch, head, query, key], 1 for everything else."""
+    parsed = parse_hook(hook)
+    return 2 if parsed is not None and parsed[0] in QUERY_AXIS_POINTS else 1
 
 
 def check_family(family: str) -> None:

@@ -10,10 +10,10 @@ changes (docs/methods.md section 1):
 
 with A the base pattern and G = dL/dA. Keys shared by several query heads (GQA) sum over them.
 Queries and keys are the ones attention uses (after QK-norm and rotary embeddings where the
-model has them: hook_rot_q / hook_rot_k). Scores follow the model's own rule, read from its
-attention module: the scale (``scaling``: Gemma-3 uses query_pre_attn_scalar**-0.5, not
-d_head**-0.5), logit soft-capping (Gemma-2: cap * tanh(s / cap), so D above is the difference of
-capped scores) and the mask (causal, and for sliding-window layers only keys t - j < window).
+model has them: hook_rot_q / hook_rot_k). Scores follow the model's own rule, as its family's
+adapter states it: the scale (Gemma-3 uses query_pre_attn_scalar**-0.5, not d_head**-0.5),
+logit soft-capping (Gemma-2: cap * tanh(s / cap), so D above is the difference of capped
+scores) and the mask (causal, and for sliding-window layers only keys t - j < window).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
+from circuitlab.engine.sites import hook_name
 
 
 @dataclass(frozen=True)
@@ -36,43 +38,21 @@ class ScoreRule:
     """Sliding window: query t sees key j only when t - j < window; None: all earlier keys."""
 
 
-def _hf_attention(model, layer: int):
-    block = model.bridge.blocks[layer]
-    attn = getattr(block, "attn", None)
-    return getattr(attn, "original_component", None) or attn
-
-
 def attn_scale(model, layer: int) -> float:
     """The attention logit scale (1/sqrt(d_head) unless the model says otherwise)."""
-    hf = _hf_attention(model, layer)
-    s = getattr(hf, "scaling", None)
-    if isinstance(s, (int, float)):
-        return float(s)
-    for mod in model.layers[layer].modules():
-        s = getattr(mod, "scaling", None)
-        if isinstance(s, (int, float)):
-            return float(s)
-    return model.d_head ** -0.5
+    return model.adapter.attn_scale(layer)
 
 
 def score_rule(model, layer: int) -> ScoreRule:
-    """Layer ``layer``'s scale, soft-cap and sliding window, read from its attention module."""
-    hf = _hf_attention(model, layer)
-    cap = getattr(hf, "attn_logit_softcapping", None)
-    window = getattr(hf, "sliding_window", None)
-    if getattr(hf, "is_sliding", True) is False:
-        window = None
-    return ScoreRule(attn_scale(model, layer), float(cap) if cap else None,
-                     int(window) if isinstance(window, int) and window > 0 else None)
+    """Layer ``layer``'s scale, soft-cap and sliding window, as the model's adapter states them."""
+    a = model.adapter
+    return ScoreRule(a.attn_scale(layer), a.attn_softcap(layer), a.sliding_window(layer))
 
 
 def rotated_names(model, layer: int) -> tuple[str, str]:
     """Hook names of the queries and keys attention actually uses (post-rotary if present)."""
-    hd = model.bridge.hook_dict
-    q, k = f"blocks.{layer}.attn.hook_rot_q", f"blocks.{layer}.attn.hook_rot_k"
-    if q in hd and k in hd:
-        return q, k
-    return f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k"
+    q, k = model.adapter.qk_points(layer)
+    return hook_name(q, layer), hook_name(k, layer)
 
 
 def visible(T: int, device, window: Optional[int] = None) -> torch.Tensor:

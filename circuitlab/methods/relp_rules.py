@@ -19,8 +19,8 @@ Every rule has the form ``backward_rule(y, s)``: the forward value is the model'
   query heads that read it, as any input read twice does;
 - linear maps: the plain gradient (LRP-0).
 
-Rules are chosen when a run starts, from the loaded modules, so enabling RelP after loading
-works (a pitfall of the reference fork).
+Rules are chosen when a run starts, from the model's adapter (its norms, MLP activation and
+gating), so enabling RelP after loading works (a pitfall of the reference fork).
 """
 
 from __future__ import annotations
@@ -32,19 +32,18 @@ import torch
 
 from circuitlab.engine.gradients import backward_rule
 from circuitlab.engine.hooks import scoped_hooks
+from circuitlab.engine.sites import hook_name, parse_hook
 
 ATTENTION_RULES = ("pattern", "attnlrp")
 
 
-def _norm_hooks(bridge, path: str):
+def _ln_rule(adapter, norm: str, layer=None) -> list:
     """LN-rule at one norm: its forward output, the gradient with the normaliser held constant.
 
     The input is read back as normalized * scale at the norm's own inner hooks, which fire after
     every hook on ``hook_in``: a differentiable handle placed there later (the resid_mid site
     is the second norm's input) then stays on the path that carries the rule's gradient."""
-    from circuitlab.engine.frozen import norm_params
-
-    p = norm_params(bridge, path)
+    p = adapter.norm(norm, layer)
     state = {}
 
     def take_scale(scale):
@@ -63,8 +62,20 @@ def _norm_hooks(bridge, path: str):
             s = s + p.bias.float()
         return backward_rule(y, s.to(y.dtype))
 
-    return [(f"{path}.hook_scale", take_scale), (f"{path}.hook_normalized", take_normalized),
-            (f"{path}.hook_out", rule)]
+    return [(hook_name(f"{norm}.scale", layer), take_scale), (hook_name(f"{norm}.normalized", layer), take_normalized),
+            (hook_name(f"{norm}.out", layer), rule)]
+
+
+def norm_rule_hooks(model) -> list:
+    """The LN-rule at every norm inside the blocks (the final norm: :func:`final_norm_rule`)."""
+    return [h for norm, layer in model.adapter.norms() for h in _ln_rule(model.adapter, norm, layer)]
+
+
+def _norm_hooks(bridge, path: str):  # moved; kept until callers are updated
+    from circuitlab.models.adapters import adapter_for
+
+    point, layer = parse_hook(f"{path}.hook_scale")
+    return _ln_rule(adapter_for(bridge), point.split(".")[0], layer)
 
 
 def _ratio(y, x):
@@ -72,14 +83,11 @@ def _ratio(y, x):
     return torch.where(x.abs() > 1e-6, y / safe, torch.full_like(x, 0.5)).detach()
 
 
-def _mlp_hooks(bridge, layer: int):
-    mlp = bridge.blocks[layer].mlp
-    comp = mlp.original_component
-    act = getattr(comp, "act_fn", None) or getattr(comp, "act", None)
-    hd = bridge.hook_dict
-    pre, post, up = (f"blocks.{layer}.mlp.hook_{n}" for n in ("pre", "post", "pre_linear"))
+def _mlp_hooks(model, layer: int):
+    act = model.adapter.activation(layer)
+    pre, post, up = (hook_name(p, layer) for p in ("mlp_pre", "neurons", "mlp_pre_linear"))
     state = {}
-    if up in hd:  # gated: hook_post = act(gate) * up
+    if model.adapter.gated_mlp:  # hook_post = act(gate) * up
         def take_gate(x):
             state["g"] = x
 
@@ -116,18 +124,13 @@ def relp_hooks(model, attention: str = "pattern") -> list:
     """Forward hooks implementing the rules on ``model`` (see module docstring)."""
     if attention not in ATTENTION_RULES:
         raise ValueError(f"unknown attention rule {attention!r}; choose from {ATTENTION_RULES}")
-    bridge = model.bridge
-    hooks = []
-    for k in bridge.hook_dict:
-        if k.endswith(".hook_scale") and k != "ln_final.hook_scale":  # see final_norm_rule
-            hooks += _norm_hooks(bridge, k[: -len(".hook_scale")])
+    hooks = norm_rule_hooks(model)  # the final norm: see final_norm_rule
     for l in range(model.n_layers):
-        hooks += _mlp_hooks(bridge, l)
+        hooks += _mlp_hooks(model, l)
         if attention == "pattern":
-            hooks.append((f"blocks.{l}.attn.hook_pattern", lambda y: y.detach()))
+            hooks.append((hook_name("pattern", l), lambda y: y.detach()))
         else:
-            hooks += [(f"blocks.{l}.attn.hook_pattern", _scale_grad(0.5)), (f"blocks.{l}.attn.hook_v", _scale_grad(0.5)),
-                      (f"blocks.{l}.attn.hook_q", _scale_grad(0.5)), (f"blocks.{l}.attn.hook_k", _scale_grad(0.5))]
+            hooks += [(hook_name(p, l), _scale_grad(0.5)) for p in ("pattern", "v", "q", "k")]
     return hooks
 
 
@@ -136,6 +139,6 @@ def final_norm_rule(model) -> Iterator[None]:
     """The LN-rule at the final norm for everything run inside the block (forward values
     unchanged). Use it around any computation that reads logits under :func:`relp_hooks`."""
     bridge = model.bridge
-    hooks = _norm_hooks(bridge, "ln_final") if "ln_final.hook_scale" in bridge.hook_dict else []
+    hooks = _ln_rule(model.adapter, "ln_final") if hook_name("ln_final.scale") in bridge.hook_dict else []
     with scoped_hooks(bridge, hooks):
         yield

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from circuitlab.engine.cache import capture
+from circuitlab.engine.sites import hook_name
 from circuitlab.models import weights
 
 DECOMPOSITION_FACTOR = 64.0
@@ -68,18 +69,14 @@ def check_decomposition(model, factor: float = DECOMPOSITION_FACTOR) -> None:
     activation."""
     check_finite_weights(model)
     toks = _sample_tokens(model)
-    names = []
-    for l in range(model.n_layers):
-        names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_attn_out",
-                  f"blocks.{l}.hook_mlp_out", f"blocks.{l}.hook_resid_post", f"blocks.{l}.attn.hook_z"]
-        names.append(f"blocks.{l}.attn.hook_k")
-        if not model.parallel_attn_mlp:
-            names.append(f"blocks.{l}.hook_resid_mid")
-    c = capture(model, toks, names)
+    sites = ["resid_pre", "attn_out", "mlp_out", "resid_post", "heads", "k"]
+    if not model.parallel_attn_mlp:
+        sites.append("resid_mid")
+    c = capture(model, toks, [hook_name(s, l) for l in range(model.n_layers) for s in sites])
     _check_finite_acts(model, c)
-    model.kv_hook_heads = int(c["blocks.0.attn.hook_k"].shape[2])
+    model.kv_hook_heads = int(c[hook_name("k", 0)].shape[2])
     W_O, b_O = weights.W_O(model), weights.b_O(model)
-    dtype = c["blocks.0.hook_resid_pre"].dtype
+    dtype = c[hook_name("resid_pre", 0)].dtype
 
     def close(a, b, what):
         scale = max(float(a.abs().max()), float(b.abs().max()))
@@ -95,29 +92,30 @@ def check_decomposition(model, factor: float = DECOMPOSITION_FACTOR) -> None:
             )
 
     for l in range(model.n_layers):
-        pre, attn, mlp, post = (c[f"blocks.{l}.hook_{k}"] for k in ("resid_pre", "attn_out", "mlp_out", "resid_post"))
+        h = {s: hook_name(s, l) for s in sites}
+        pre, attn, mlp, post = (c[h[k]] for k in ("resid_pre", "attn_out", "mlp_out", "resid_post"))
         if model.parallel_attn_mlp:
-            close(pre + attn + mlp, post, f"blocks.{l}: hook_resid_pre + hook_attn_out + hook_mlp_out != hook_resid_post")
+            close(pre + attn + mlp, post, f"{h['resid_pre']} + {h['attn_out']} + {h['mlp_out']} != {h['resid_post']}")
         else:
-            mid = c[f"blocks.{l}.hook_resid_mid"]
-            close(pre + attn, mid, f"blocks.{l}: hook_resid_pre + hook_attn_out != hook_resid_mid")
-            close(mid + mlp, post, f"blocks.{l}: hook_resid_mid + hook_mlp_out != hook_resid_post")
-        z = c[f"blocks.{l}.attn.hook_z"]
+            mid = c[h["resid_mid"]]
+            close(pre + attn, mid, f"{h['resid_pre']} + {h['attn_out']} != {h['resid_mid']}")
+            close(mid + mlp, post, f"{h['resid_mid']} + {h['mlp_out']} != {h['resid_post']}")
+        z = c[h["heads"]]
         heads = torch.einsum("bphd,hdm->bpm", z, W_O[l].to(z.dtype)) + b_O[l].to(z.dtype)
         what = "sum of per-head z W_O + b_O"
         if model.post_attn_norm:  # sandwich norm (Gemma-2/3): attn_out = ln1_post(sum of heads)
             with torch.no_grad():
                 heads = model.bridge.blocks[l].ln1_post(heads)
             what = f"ln1_post({what})"
-        close(heads, attn, f"blocks.{l}.attn.hook_z: {what} != hook_attn_out")
+        close(heads, attn, f"{h['heads']}: {what} != {h['attn_out']}")
 
 
 def _probe_length(model) -> int:
     """Long enough to pass the smallest sliding window (if small), so a shortcut that mishandles
     the window is caught rather than waved through on a prompt the window never cuts."""
-    window = getattr(model.bridge.original_model.config, "sliding_window", None)
-    if isinstance(window, int) and 0 < window <= 56:
-        return window + 8
+    windows = [w for l in range(model.n_layers) if (w := model.adapter.sliding_window(l)) is not None]
+    if windows and min(windows) <= 56:
+        return min(windows) + 8
     return 8
 
 
@@ -142,7 +140,7 @@ def check_fast_paths(model, factor: float = FAST_PATH_FACTOR) -> None:
     with torch.no_grad():
         kv = new_kv_cache(model)
         full = run_to_final(model, toks, kv_cache=kv)
-        resid = capture(model, toks, [f"blocks.{l}.hook_resid_pre"])[f"blocks.{l}.hook_resid_pre"]
+        resid = capture(model, toks, [hook_name("resid_pre", l)])[hook_name("resid_pre", l)]
         tol = tolerance(full.dtype, float(full.abs().max()), factor)
         try:
             re = run_to_final(model, toks, restart=Restart(l, resid))
@@ -160,7 +158,8 @@ def check_fast_paths(model, factor: float = FAST_PATH_FACTOR) -> None:
         try:
             part = run_to_final(model, toks, restart=Restart(l, resid[:, p:], p, past))
         except Exception as e:  # noqa: BLE001
-            notes["positions"] = f"recomputing from position {p} with cached keys/values failed ({type(e).__name__}: {e})"
+            notes["positions"] = (f"recomputing from position {p} with cached keys/values failed "
+                                  f"({type(e).__name__}: {e})")
             return
         err = float((part.float() - full[:, p:].float()).abs().max())
         model.fast_positions = err <= tol

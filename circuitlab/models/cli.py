@@ -29,7 +29,8 @@ def cmd_models(a) -> None:
 
     if a.models_cmd == "list":
         for row in fetch.list_fetched():
-            state = f"fetched: {row['folder']}" if row["fetched"] else f"not fetched (circuitlab models fetch {row['name']})"
+            state = (f"fetched: {row['folder']}" if row["fetched"]
+                     else f"not fetched (circuitlab models fetch {row['name']})")
             print(f"{row['name']:14s} {row['description']}\n{'':14s} licence: {row['licence']}; {state}")
         return
     fetch.fetch(a.name, accept_licence=a.accept_licence, force=a.force, confirm=_ask if sys.stdin.isatty() else None)

@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from circuitlab.models.adapters import adapter_for
 from circuitlab.models.checks import check_decomposition, check_fast_paths
 from circuitlab.models.model import Model
 
@@ -299,8 +300,7 @@ def _describe(bridge, name: str) -> Model:
         )
     n_heads = int(cfg.n_heads)
     n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
-    norm = str(getattr(cfg, "normalization_type", "LN") or "LN")
-    norm = "RMS" if "RMS" in norm.upper() else "LN"
+    adapter = adapter_for(bridge)
     owner, attr = _find_layer_list(bridge)
     return Model(
         bridge=bridge,
@@ -313,9 +313,10 @@ def _describe(bridge, name: str) -> Model:
         d_head=int(cfg.d_head),
         d_mlp=int(getattr(cfg, "d_mlp", 0) or 0),
         d_vocab=int(cfg.d_vocab),
-        norm=norm,
-        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
-        post_attn_norm=hasattr(bridge.blocks[0], "ln1_post"),
+        norm=adapter.norm_kind,
+        parallel_attn_mlp=adapter.parallel_attn_mlp,
+        post_attn_norm=adapter.post_attn_norm,
+        adapter=adapter,
         layers=getattr(owner, attr) if owner is not None else None,
         layers_owner=owner,
         layers_attr=attr,

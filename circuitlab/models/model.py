@@ -37,6 +37,9 @@ class Model:
     post_attn_norm: bool = False
     """True where a norm is applied to the attention output before it joins the residual
     stream (Gemma-2's ``ln1_post``): per-head contributions then pass through that norm."""
+    adapter: Any = field(default=None, repr=False)
+    """The model family's :class:`~circuitlab.models.adapters.Adapter`: attention scale and
+    windows, MLP activation and gating, positional embedding, norms, weights, dense MLPs."""
     kv_hook_heads: int = 0
     """Heads in hook_k / hook_v: n_kv_heads where the bridge keeps grouped keys (GQA)."""
     layers: Optional[nn.ModuleList] = field(default=None, repr=False)

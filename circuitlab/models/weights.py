@@ -1,4 +1,7 @@
-"""Stacked weights in TransformerLens layout, with zeros where a model has no bias."""
+"""Stacked weights in TransformerLens layout, with zeros where a model has no bias.
+
+The model's adapter reads them (``model.adapter.weight``); these helpers name the common ones
+and fill in the missing biases."""
 
 from __future__ import annotations
 
@@ -6,11 +9,29 @@ import torch
 
 
 def _get(model, name: str):
-    try:
-        value = getattr(model.bridge, name)
-    except (AttributeError, ValueError, RuntimeError):
-        return None
-    return value.detach() if value is not None else None
+    return model.adapter.weight(name)
+
+
+def _or_zeros(model, name: str, *shape: int) -> torch.Tensor:
+    b = _get(model, name)
+    if b is None:
+        return torch.zeros(*shape, device=model.device, dtype=model.dtype)
+    return b
+
+
+def W_Q(model) -> torch.Tensor:
+    """[layer, head, d_model, d_head]: query weights (the pre-rotary ``attn.hook_q``)."""
+    return _get(model, "W_Q")
+
+
+def W_K(model) -> torch.Tensor:
+    """[layer, key/value head, d_model, d_head]."""
+    return _get(model, "W_K")
+
+
+def W_V(model) -> torch.Tensor:
+    """[layer, key/value head, d_model, d_head]."""
+    return _get(model, "W_V")
 
 
 def W_O(model) -> torch.Tensor:
@@ -20,10 +41,7 @@ def W_O(model) -> torch.Tensor:
 
 def b_O(model) -> torch.Tensor:
     """[layer, d_model]; zeros for bias-free projections (Llama, Qwen2, Gemma-2)."""
-    b = _get(model, "b_O")
-    if b is None:
-        return torch.zeros(model.n_layers, model.d_model, device=model.device, dtype=model.dtype)
-    return b
+    return _or_zeros(model, "b_O", model.n_layers, model.d_model)
 
 
 def W_U(model) -> torch.Tensor:
@@ -32,10 +50,7 @@ def W_U(model) -> torch.Tensor:
 
 
 def b_U(model) -> torch.Tensor:
-    b = _get(model, "b_U")
-    if b is None:
-        return torch.zeros(model.d_vocab, device=model.device, dtype=model.dtype)
-    return b
+    return _or_zeros(model, "b_U", model.d_vocab)
 
 
 def W_out(model) -> torch.Tensor:
@@ -44,22 +59,20 @@ def W_out(model) -> torch.Tensor:
 
 
 def b_out(model) -> torch.Tensor:
-    b = _get(model, "b_out")
-    if b is None:
-        return torch.zeros(model.n_layers, model.d_model, device=model.device, dtype=model.dtype)
-    return b
+    return _or_zeros(model, "b_out", model.n_layers, model.d_model)
 
 
 def final_norm(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(gain, bias) of the final norm; bias is None for RMSNorm. Gemma-style offsets applied."""
-    gain, bias, _ = norm_affine(model.bridge.ln_final, model.norm == "LN")
-    return gain, bias
+    p = model.adapter.norm("ln_final")
+    return p.weight, p.bias
 
 
 def norm_affine(ln, centered: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
     """(gain, bias, centers) of a norm bridge: its output is gain * (x - [mean x]) / scale + bias
     with ``scale`` its hook_scale. Gemma's 1 + weight convention applied; bias None for RMSNorm.
-    ``centered`` overrides whether it subtracts the mean (LayerNorm) or not (RMSNorm)."""
+    ``centered`` overrides whether it subtracts the mean (LayerNorm) or not (RMSNorm).
+    Prefer ``model.adapter.norm(name, layer)``, which knows the family's norm kind."""
     w = ln.weight.detach()
     if getattr(ln, "uses_weight_offset", False):
         w = 1.0 + w
@@ -67,3 +80,4 @@ def norm_affine(ln, centered: bool | None = None) -> tuple[torch.Tensor, torch.T
         centered = not getattr(ln, "uses_rms_norm", True)
     bias = getattr(ln.original_component, "bias", None)
     return w, (bias.detach() if bias is not None and centered else None), bool(centered)
+
