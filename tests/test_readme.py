@@ -1,0 +1,104 @@
+"""The README's tour runs as written, and its headline figures are the ones in the results files.
+
+Each figure of the headline table is formatted here from the results file that row links, so a
+rerun benchmark and the README cannot drift apart silently."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text()
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _results(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _section(title: str) -> str:
+    return README.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _row(start: str) -> str:
+    rows = [line for line in _section("Headline results").splitlines() if line.startswith(f"| {start}")]
+    assert len(rows) == 1, f"one headline row should start with {start!r}, found {len(rows)}"
+    return rows[0]
+
+
+def _sparse(d_in: int, steps: int) -> tuple[dict, dict, dict]:
+    run = next(r for r in _results("sparse_training.json")["repeats_3"] if (r["d_in"], r["steps"]) == (d_in, steps))
+    return run["circuitlab"], run["sparsify"], run["sae_lens"]
+
+
+def _expected() -> dict[str, list[str]]:
+    """Headline row (its first words) -> the figures it must quote, formatted from the results files."""
+    ex = _results("exact_patching_quick.json")
+    resid, heads = ex["resid_pre [layer, pos]"], ex["heads by pos [layer, pos, head]"]
+    eap = _results("circuits_gpt2zoo.json")["timing"]
+    rows = _results("faithfulness_smollm2.json")["rows"]
+    q = {r["method"]: r for r in rows if (r["task"], r["sites"]) == ("ioi", "q")}
+    graph = _results("graphs_gpt2zoo.json")["summary"]["scores"]["full"]
+    (c768, sp768, sl768), (c128, sp128, sl128) = _sparse(768, 40), _sparse(128, 200)
+    return {
+        "exact patching, resid_pre": [f"{resid['circuitlab_s']:.1f} s", f"{resid['transformer_lens_s']:.1f} s",
+                                      f"**{resid['speedup']:.1f}x**",
+                                      f"{resid['max_abs_diff']:.0e}".replace("e-0", "e-")],
+        "exact patching, heads": [f"{heads['circuitlab_s']:.1f} s", f"{heads['transformer_lens_s']:.1f} s",
+                                  f"**{heads['speedup']:.1f}x**"],
+        "all-edge attribution": [f"{eap['circuitlab_eap_s']:.2f} s", f"{eap['transformer_lens_s']:.2f} s",
+                                 f"**{eap['speedup']:.1f}x**"],
+        "AtP\\* against exact patching": [f"Pearson {q['atp*']['pearson']:.3f}, recall@10 {q['atp*']['recall@10']:.1f}",
+                                          f"{q['atp']['pearson']:.3f}, {q['atp']['recall@10']:.1f}"],
+        "TopK SAE training, d_in 768": [f"{c768['tokens_per_s']:,.0f} tokens/s", f"FVU {c768['heldout_fvu']:.3f}",
+                                        f"{sp768['tokens_per_s']:,.0f} (FVU {sp768['heldout_fvu']:.3f})",
+                                        f"{sl768['tokens_per_s']:,.0f} (FVU {sl768['heldout_fvu']:.3f})",
+                                        f"**{c768['tokens_per_s'] / sp768['tokens_per_s']:.2f}x**"],
+        "same, d_in 128": [f"{c128['tokens_per_s']:,.0f} tokens/s", f"FVU {c128['heldout_fvu']:.3f}",
+                           f"{sp128['tokens_per_s']:,.0f} ({sp128['heldout_fvu']:.3f})",
+                           f"{sl128['tokens_per_s']:,.0f} ({sl128['heldout_fvu']:.3f})",
+                           f"**{c128['tokens_per_s'] / sp128['tokens_per_s']:.2f}x**"],
+        "attribution graph": [f"completeness {graph['completeness']:.3f}, replacement {graph['replacement']:.3f}"],
+    }
+
+
+@pytest.mark.parametrize("start", list(_expected()))
+def test_headline_figures_come_from_results(start):
+    row = _row(start)
+    for figure in _expected()[start]:
+        assert figure in row, f"README headline row {start!r} should quote {figure!r} (from its results file)"
+
+
+def test_headline_rows_name_existing_results_and_scripts():
+    rows = [line for line in _section("Headline results").splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == len(_expected()) + 1  # plus the header
+    for row in rows[1:]:
+        for link in re.findall(r"\((benchmarks/results/[^)]+)\)", row):
+            assert (ROOT / link).is_file(), link
+        for script in re.findall(r"python (benchmarks/\w+\.py)", row):
+            assert (ROOT / script).is_file(), script
+
+
+def test_readme_is_short():
+    assert len(README.splitlines()) <= 150
+
+
+def test_readme_links_exist():
+    for link in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", README):
+        if not link.startswith("http"):
+            assert (ROOT / link).exists(), link
+
+
+def test_tour_runs(tmp_path, monkeypatch):
+    """The tour's Python block, as written, on the bundled gpt2-zoo."""
+    from circuitlab.zoo import list_models
+
+    if "gpt2-zoo" not in list_models():
+        pytest.fail("the bundled gpt2-zoo model is missing; the tour needs it")
+    code = re.search(r"```python\n(.*?)```", _section("A short tour"), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["curve"].smallest is not None and scope["exact"].top(1)[0][0] == "L0.H1@END"
