@@ -76,7 +76,9 @@ def parse_positions(text: str | None) -> list[int | str] | None:
 
 def _stem(sites: str, name: str, options: dict, direction: str) -> str:
     """Output file stem of one sweep: sites, method (with its options) and direction."""
-    opts = "".join(f"_{k}-{'+'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in options.items())
+    from circuitlab.methods.registry import option_text
+
+    opts = "".join(f"_{k}-{option_text(v)}" for k, v in options.items())
     return f"{sites}_{name.replace('*', 'star')}{opts}_{direction}"
 
 
@@ -187,8 +189,10 @@ EXAMPLES = {
     "demo": "examples:\n  circuitlab demo\n  circuitlab demo --model smollm2-135m --n 16\n  circuitlab demo --model gpt2-zoo --task capitals --out my_report",
     "sweep": "examples:\n  circuitlab sweep --task ioi --sites heads,mlp_out --method exact --out runs/ioi\n"
              "  torchrun --nproc_per_node 2 -m circuitlab.cli sweep --task ioi --sites heads --method atp* --out runs/ddp\n"
-             "  circuitlab sweep --model gpt2-zoo --task pairs.jsonl --sites resid_pre --method exact,atp* --out runs/x\n"
-             "  circuitlab sweep --task ioi --sites heads --positions S1,IO,S2,END --method exact,ig:steps=32,variant=activations --out runs/roles",
+             "  circuitlab sweep --model gpt2-zoo --task pairs.jsonl --sites resid_pre --method exact,atp* \\\n"
+             "      --out runs/x\n"
+             "  circuitlab sweep --task ioi --sites heads --positions S1,IO,S2,END \\\n"
+             "      --method exact,ig:steps=32,variant=activations --out runs/roles",
     "zoo": "examples:\n  circuitlab zoo list\n  circuitlab zoo train gpt2-zoo",
 }
 

@@ -53,7 +53,8 @@ def test_a_new_method_is_one_function_and_one_options_dataclass(gpt2, task, scra
     assert torch.allclose(got.values, 3.0 * ref.values)
     with pytest.raises(ValueError, match="unknown option 'facter' for method 'scaled-atp'; did you mean 'factor'"):
         cl.patch(gpt2, task, "resid_pre", method="scaled-atp", facter=3.0)
-    assert parse_specs("scaled-atp:factor=2.5,layers=0+1", NODE_METHODS) == [("scaled-atp", {"factor": 2.5, "layers": [0, 1]})]
+    specs = parse_specs("scaled-atp:factor=2.5,layers=0+1", NODE_METHODS)
+    assert specs == [("scaled-atp", {"factor": 2.5, "layers": [0, 1]})]
 
 
 @dataclass
@@ -63,8 +64,10 @@ class _Opts(NodeOptions):
 
 
 @pytest.mark.parametrize("fn, match", [
-    (lambda model, task, sites, direction, positions, layers=None, steps=5: None, "defaults steps=5 but _Opts defaults it to 4"),
-    (lambda model, task, sites, direction, positions, layers=None: None, r"takes options \['layers'\] but _Opts declares"),
+    (lambda model, task, sites, direction, positions, layers=None, steps=5: None,
+     "defaults steps=5 but _Opts defaults it to 4"),
+    (lambda model, task, sites, direction, positions, layers=None: None,
+     r"takes options \['layers'\] but _Opts declares"),
     (lambda model, task, sites, direction, positions, layers=None, steps=4, **_: None, r"takes \*args/\*\*kwargs"),
     (lambda model, task, direction, sites, positions, layers=None, steps=4: None, "must start with arguments"),
 ])

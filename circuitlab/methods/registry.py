@@ -249,4 +249,9 @@ def spec_label(name: str, options: Mapping[str, Any]) -> str:
     """``ig:steps=32,variant=activations`` (just the name without options)."""
     if not options:
         return name
-    return name + ":" + ",".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in options.items())
+    return name + ":" + ",".join(f"{k}={option_text(v)}" for k, v in options.items())
+
+
+def option_text(value: Any) -> str:
+    """An option value as the command line spells it (lists joined by ``+``)."""
+    return "+".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
