@@ -8,7 +8,7 @@ import shutil
 import pytest
 from safetensors.torch import load_file, save_file
 
-from circuitlab.sparse.demo import PRETRAINED
+from circuitlab.sparse.bundled import PRETRAINED
 from circuitlab.sparse.files import CFG_FILE, WEIGHTS_FILE, load_coder
 
 

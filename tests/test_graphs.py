@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -12,9 +14,9 @@ from circuitlab.graphs.fit import FitConfig, fit_transcoders
 from circuitlab.graphs.graph import Graph
 from circuitlab.graphs.prune import prune, pruned_graph, scores, subgraph_scores
 from circuitlab.graphs.replacement import clean_run, frozen_run
-from circuitlab.graphs.transcoders import (Transcoder, TranscoderSet, as_transcoders, from_coder, load_transcoders,
-                                          save_transcoders)
+from circuitlab.graphs.transcoders import TranscoderSet, as_transcoders, load_transcoders, save_transcoders
 from circuitlab.graphs.verify import intervention_effects, node_target, target_nodes
+from circuitlab.sparse.base import config_class, make_coder
 
 PROMPTS = ["when Mary and John went to the store , John gave a drink to",
            "then Tom and Anna went to the park , Anna gave a book to",
@@ -24,10 +26,10 @@ PROMPT = "when Mary and John went to the store , John gave"
 _TC: dict = {}
 
 
-def transcoders(model, arch: str, **kw) -> TranscoderSet:
-    key = (arch, tuple(sorted(kw.items())))
+def transcoders(model, family: str, **kw) -> TranscoderSet:
+    key = (family, repr(sorted(kw.items())))
     if key not in _TC:
-        _TC[key] = fit_transcoders(model, PROMPTS, FitConfig(n_features=48, steps=120, l1=3e-3, **kw))
+        _TC[key] = fit_transcoders(model, PROMPTS, FitConfig(n_features=48, steps=120, **kw))
     return _TC[key]
 
 
@@ -88,7 +90,8 @@ def test_every_edge_matches_an_intervention(tiny_model, arch):
     assert torch.allclose(measured, predicted, atol=1e-3, rtol=1e-4), (measured - predicted).abs().max()
 
 
-@pytest.mark.parametrize("kw", [dict(kind="jumprelu", threshold=0.05), dict(kind="topk", k=6), dict(skip=True),
+@pytest.mark.parametrize("kw", [dict(arch="jumprelu", fields={}), dict(arch="topk", fields={"k": 6}),
+                                dict(arch="batchtopk", fields={"k": 6}), dict(skip=True),
                                 dict(read="blocks.{layer}.hook_resid_mid")])
 def test_transcoder_variants(gpt2, kw):
     tcs = transcoders(gpt2, "gpt2", **kw)
@@ -147,35 +150,39 @@ def test_graph_save_load(gpt2, tmp_path):
         Graph.load(tmp_path / "missing")
 
 
-def test_transcoder_files_and_adapter(gpt2, tmp_path):
-    tcs = transcoders(gpt2, "gpt2", kind="jumprelu", threshold=0.05)
+def test_transcoder_files_and_sets(gpt2, tmp_path):
+    tcs = transcoders(gpt2, "gpt2", arch="jumprelu", fields={})
     save_transcoders(tcs, tmp_path / "tc")
     back = load_transcoders(tmp_path / "tc")
-    assert len(back) == len(tcs) and back[1].kind == "jumprelu"
-    assert torch.allclose(back[1].W_enc, tcs[1].W_enc) and back[2].hook_in == tcs[2].hook_in
-
-    class Cfg:  # a circuitlab.sparse-like coder, duck-typed
-        arch, k, b_dec_in = "relu", None, False
-        hooks_in, hooks_out = ("blocks.0.ln2.hook_out",), ("blocks.0.hook_mlp_out",)
-
-    class Coder:
-        cfg = Cfg()
-        W_enc, b_enc, W_dec, b_dec = tcs[0].W_enc, tcs[0].b_enc, tcs[0].W_dec, tcs[0].b_dec
-
-    t = from_coder(Coder())
-    assert t.layer == 0 and t.kind == "relu"
-    assert len(as_transcoders([Coder()] + tcs.layers[1:])) == gpt2.n_layers
-    with pytest.raises(ValueError):
+    assert len(back) == len(tcs) and back[1].cfg.arch == "jumprelu"
+    assert torch.allclose(back[1].W_enc, tcs[1].W_enc) and torch.allclose(back[1].threshold, tcs[1].threshold)
+    assert back[2].hook_in == tcs[2].hook_in == "blocks.2.ln2.hook_out"
+    x = torch.randn(5, gpt2.d_model)
+    assert torch.allclose(back[1].decode(back[1].encode(x), x), tcs[1].decode(tcs[1].encode(x), x), atol=1e-5)
+    assert not any(p.requires_grad for c in back.layers for p in c.parameters())  # held frozen
+    mine = [copy.deepcopy(c).requires_grad_(True) for c in tcs.layers]
+    ts = as_transcoders(mine[::-1])  # any order: sorted by the layer each coder writes
+    assert [c.hook_out for c in ts.layers] == [f"blocks.{l}.hook_mlp_out" for l in range(gpt2.n_layers)]
+    assert all(p.requires_grad for p in mine[0].parameters())  # the caller's coders are copied, not frozen
+    with pytest.raises(ValueError, match="each layer"):
         TranscoderSet([tcs[0], tcs[2]])
-    with pytest.raises(ValueError):
-        Transcoder(0, tcs[0].W_enc, tcs[0].b_enc, tcs[0].W_dec, tcs[0].b_dec, kind="gelu")
+    with pytest.raises(TypeError, match="not a circuitlab.sparse coder"):
+        TranscoderSet([object()])
+    sae = make_coder(config_class("relu")(d_in=gpt2.d_model, d_sae=8, hooks_in=("blocks.0.hook_mlp_out",)))
+    mp = make_coder(config_class("mpsae")(d_in=gpt2.d_model, d_sae=8, k=2, hooks_in=("blocks.0.hook_mlp_out",)))
+    with pytest.raises(ValueError, match="own encoder"):
+        TranscoderSet([mp])
+    TranscoderSet([sae])  # an SAE on the MLP output replaces it too
+    resid = make_coder(config_class("relu")(d_in=gpt2.d_model, d_sae=8, hooks_in=("blocks.0.hook_resid_post",)))
+    with pytest.raises(ValueError, match="must write blocks.0.hook_mlp_out"):
+        TranscoderSet([resid])
     with pytest.raises(FileNotFoundError):
         load_transcoders(tmp_path / "none")
 
 
 @pytest.mark.parametrize("arch", ["topk", "jumprelu", "relu"])
 def test_circuitlab_sparse_transcoders_adapt(gpt2, tmp_path, arch):
-    sparse = pytest.importorskip("circuitlab.sparse")
+    import circuitlab.sparse as sparse
     from circuitlab.sparse.files import save_coder
 
     kw = {"k": 4} if arch == "topk" else {}

@@ -19,7 +19,7 @@ PROMPTS = ["when Mary and John went to the store , John gave a drink to",
 
 @pytest.fixture(scope="module")
 def graph(gpt2):
-    tcs = fit_transcoders(gpt2, PROMPTS, FitConfig(n_features=48, steps=120, l1=3e-3))
+    tcs = fit_transcoders(gpt2, PROMPTS, FitConfig(n_features=48, steps=120))
     return attribute(gpt2, tcs, "when Mary and John went to the store , John gave",
                      cfg=GraphConfig(max_feature_nodes=60, batch_size=30))
 

@@ -80,7 +80,7 @@ def test_baselines_and_metrics():
 
 
 def test_probe_prompting_end_to_end(gpt2):
-    tcs = fit_transcoders(gpt2, TRAIN, FitConfig(n_features=48, steps=120, l1=3e-3))
+    tcs = fit_transcoders(gpt2, TRAIN, FitConfig(n_features=48, steps=120))
     r = probe_prompting(gpt2, tcs, "the capital of France is", concepts=CONCEPTS,
                         swaps=["the capital of Spain is", "the capital of France is"],
                         cfg=ProbeConfig(graph=GraphConfig(max_feature_nodes=100, batch_size=50)))

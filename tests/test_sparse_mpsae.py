@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from circuitlab.sparse.base import LossContext, config_class, make_coder
+from circuitlab.sparse.base import config_class, make_coder
 from circuitlab.sparse.files import load_coder, save_coder
 from circuitlab.sparse.architectures.mpsae import matching_pursuit
 from circuitlab.sparse.recovery import recovery

@@ -7,9 +7,9 @@ when the block raises. Built-in targets: any engine :class:`Node` (a head's outp
 value vectors ``L3.H5.v``, a neuron ``L2.N17``, an MLP or residual vector), a direction in any
 hook, and two plug-in shapes for packages built elsewhere: :class:`CoderTarget` (an SAE-style
 encoder/decoder at one hook; the reconstruction error is kept so only the edited latents move)
-and :class:`TranscoderTarget` (reads one hook, writes another). A :class:`Supernode` applies one
-edit to several targets (probe-prompting supernodes). Anything with a
-``hooks(model, edit, positions)`` method is a target.
+and :class:`TranscoderTarget` (reads one hook, writes another). Anything with a
+``hooks(model, edit, positions)`` method is a target; a target that also has a ``members`` tuple
+is a group (``circuitlab.graphs.targets.Supernode``): each member gets the edit.
 
 ``generate`` decodes greedily or by sampling, with the Hugging Face model's key/value cache:
 the engine's hooks sit on that model's modules, so they fire on the cached path too, and
@@ -176,17 +176,6 @@ def _mask(x: torch.Tensor, positions) -> torch.Tensor:
     return m.view(1, -1, *([1] * (x.dim() - 2)))
 
 
-@dataclass(frozen=True)
-class Supernode:
-    """Several targets edited together (e.g. the features of a probe-prompting supernode)."""
-
-    members: tuple
-    name: str = "supernode"
-
-    def hooks(self, model, edit: Edit, positions):
-        return [h for m in self.members for h in as_target(m).hooks(model, edit, positions)]
-
-
 TargetLike = Union[Target, Node, str]
 
 
@@ -324,11 +313,12 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float, gen: Optional[
 
 
 def _flat(iv: Intervention) -> list[Intervention]:
-    """Supernodes split into one intervention per member, and a node's own position (``@4``)
-    made explicit, so positions can be shifted without looking inside targets."""
+    """Groups (targets with ``members``) split into one intervention per member, and a node's own
+    position (``@4``) made explicit, so positions can be shifted without looking inside targets."""
     t = as_target(iv.target)
-    if isinstance(t, Supernode):
-        return [x for m in t.members for x in _flat(dataclasses.replace(iv, target=m))]
+    members = getattr(t, "members", None)
+    if members is not None:
+        return [x for m in members for x in _flat(dataclasses.replace(iv, target=m))]
     if iv.positions is None and isinstance(t, NodeTarget) and isinstance(t.node.pos, int):
         return [dataclasses.replace(iv, target=t, positions=(t.node.pos,))]
     return [dataclasses.replace(iv, target=t)]
@@ -369,3 +359,11 @@ def score(model, tokens: torch.Tensor, metric, interventions: Sequence[Intervent
     with intervene(model, interventions), torch.no_grad():
         resid = run_to_final(model, tokens)
         return metric.per_prompt(final_logits(model, gather_positions(resid, metric.positions, rows)), rows)
+
+
+def __getattr__(name: str):
+    if name == "Supernode":  # moved; kept until callers are updated
+        from circuitlab.graphs.targets import Supernode
+
+        return Supernode
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -173,7 +173,6 @@ def _assemble(model, tcs, clean, rows: _Rows, selected: list[int], ids, probs, p
         l, p, _ = (int(v) for v in rows.active[a])
         col[a] = sel_pos[a] if a in sel_pos else ns + l * T + p
     src_map = torch.cat([col, torch.arange(ns, ns + L * T + T)])
-    targets: list[Target] = []
     node_of_row = []
     for r, t in enumerate(rows.targets):
         if t.kind == "logit":

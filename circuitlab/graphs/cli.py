@@ -63,10 +63,10 @@ def _setup(a):
     elif (found := find_transcoders(model.name)) is not None:
         tcs = load_transcoders(found)
     elif a.fit_quick:
-        from circuitlab.graphs.examples import corpus_texts
         from circuitlab.graphs.fit import FitConfig, fit_transcoders
+        from circuitlab.sparse.store import documents
 
-        texts = [" ".join(t.split()[:24]) for t in corpus_texts(64, seed=3)]
+        texts = [" ".join(t.split()[:24]) for t in documents(3, 64)]
         tcs = fit_transcoders(model, [t for t in texts if len(t.split()) >= 24] or texts,
                               FitConfig(n_features=4 * model.d_model, steps=300))
     else:
@@ -79,13 +79,19 @@ def _setup(a):
 
 
 def _labels(model, tcs, graph, pruned) -> dict[str, list[str]]:
-    from circuitlab.graphs.examples import top_activating_tokens
+    """Each kept feature's top activating tokens in held-out corpus text (its dashboard's contexts)."""
+    from circuitlab.sparse.dashboard import latent_cards
 
-    feats = [i for i in pruned.kept_features(graph)]
-    lf = sorted({(graph.feature_info(i)[0], graph.feature_info(i)[2]) for i in feats})
-    tops = top_activating_tokens(model, tcs, lf, k=5)
-    return {graph.node_id(i): [t for t, _, _ in tops.get((graph.feature_info(i)[0], graph.feature_info(i)[2]), [])]
-            for i in feats}
+    feats = pruned.kept_features(graph)
+    by_layer: dict[int, set[int]] = {}
+    for i in feats:
+        layer, _, f, _ = graph.feature_info(i)
+        by_layer.setdefault(layer, set()).add(f)
+    tok = model.tokenizer
+    tops = {(layer, card.latent): [tok.convert_tokens_to_string([c.tokens[c.index]]) for c in card.top_contexts]
+            for layer, fs in by_layer.items() for card in latent_cards(model, tcs[layer], sorted(fs), n_docs=200,
+                                                                        n_contexts=5)}
+    return {graph.node_id(i): tops.get((graph.feature_info(i)[0], graph.feature_info(i)[2]), []) for i in feats}
 
 
 def _write_json(path: Path, data) -> None:

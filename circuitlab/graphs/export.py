@@ -15,8 +15,6 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
 from circuitlab.graphs.graph import Graph
 from circuitlab.graphs.prune import Pruned, prune
 from circuitlab.result import atomic_write

@@ -19,8 +19,8 @@ from typing import Optional, Sequence
 import torch
 
 from circuitlab.engine.forward import run_to_final
-from circuitlab.engine.frozen import (apply_norm, frozen_norm_hooks, frozen_pattern_hooks, norm_params, norm_paths,
-                                      norm_scale, record_scale_hooks)
+from circuitlab.engine.norms import apply_norm, norm_params, norm_paths, norm_scale
+from circuitlab.graphs.frozen import frozen_norm_hooks, frozen_pattern_hooks, record_scale_hooks
 from circuitlab.graphs.transcoders import TranscoderSet
 from circuitlab.methods.relp_rules import _norm_hooks
 from circuitlab.models.weights import W_U, b_U
@@ -149,8 +149,7 @@ def _read_values(model, transcoders: TranscoderSet, clean: CleanRun, reads: list
         feat = torch.tensor([targets[i].feature for i in idx], device=resid.device)
         x = reads[l].float()
         x = x[rows_t[idx], pos] if pairs else x[:, pos]  # [n_l, d] or [R, n_l, d]
-        if tc.b_pre is not None:
-            x = x - tc.b_pre.float()
+        x = tc.encoder_input(x)  # a feature's pre-activation is linear in its input
         w = tc.W_enc[:, feat].float().t()  # [n_l, d]
         v = (x * w).sum(-1) + tc.b_enc[feat].float()
         if pairs:
@@ -201,7 +200,7 @@ def read_gradients(model, transcoders: TranscoderSet, clean: CleanRun, targets: 
             leaves[l] = z
             if tc.W_skip is None:
                 return z
-            s = tc.skip(reads[l].to(tc.W_skip.dtype)).to(z.dtype)
+            s = tc.skip_output(reads[l].to(tc.W_skip.dtype)).to(z.dtype)
             return z + (s - s.detach())  # the skip path stays linear and differentiable
 
         return fn
@@ -253,10 +252,10 @@ def frozen_run(model, transcoders: TranscoderSet, clean: CleanRun, targets: Sequ
 
     def write(l):
         tc = transcoders[l]
-        const = tc.b_dec if bias_only else clean.mlp_out[l] - tc.skip(clean.reads[l])
+        const = tc.b_dec if bias_only else clean.mlp_out[l] - tc.skip_output(clean.reads[l])
 
         def fn(y):
-            out = const.to(y.dtype) + tc.skip(reads[l].float()).to(y.dtype)
+            out = const.to(y.dtype) + tc.skip_output(reads[l].float()).to(y.dtype)
             if mlp_delta is not None and mlp_delta[l] is not None:
                 out = out + mlp_delta[l].to(y.dtype)
             return out.expand_as(y).contiguous()

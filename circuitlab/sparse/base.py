@@ -121,6 +121,16 @@ class CoderConfig:
         return self.n_targets if self.n_targets is not None else self.n_sources
 
     @property
+    def hook_in_(self) -> str:
+        """The first source's hook ("" when none is named)."""
+        return self.hooks_in[0] if self.hooks_in else ""
+
+    @property
+    def hook_out_(self) -> str:
+        """The first target's hook (the first source's for an SAE)."""
+        return (tuple(self.hooks_out) or tuple(self.hooks_in) or ("",))[0]
+
+    @property
     def autoencoder(self) -> bool:
         """True when the target is the input (SAE or acausal crosscoder)."""
         return (not self.hooks_out or tuple(self.hooks_out) == tuple(self.hooks_in)) and self.d_out_ == self.d_in \
@@ -279,12 +289,12 @@ class SparseCoder(nn.Module):
     @property
     def hook_in(self) -> str:
         """The hook the coder reads (its first source; "" when the config names none)."""
-        return self.cfg.hooks_in[0] if self.cfg.hooks_in else ""
+        return self.cfg.hook_in_
 
     @property
     def hook_out(self) -> str:
         """The hook it writes (its first target; the hook it reads for an SAE)."""
-        return (tuple(self.cfg.hooks_out) or tuple(self.cfg.hooks_in) or ("",))[0]
+        return self.cfg.hook_out_
 
     def flat_in(self, x: torch.Tensor) -> torch.Tensor:
         """[..., S, d_in] or [..., S*d_in] -> [..., S*d_in]."""

@@ -3,32 +3,13 @@ what they do to the answer, and what they respond to in the corpus."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-
-PRETRAINED = Path(__file__).resolve().parent / "pretrained"
-
-
-def find_coder(model_name: str, kind: str = "resid", layer: int | None = None):
-    """A bundled coder for ``model_name`` ('resid' SAE or 'transcoder'), middle layer by default."""
-    from circuitlab.sparse.files import load_coder
-
-    root = PRETRAINED / Path(model_name).name
-    if not root.is_dir():
-        return None
-    found = sorted(p for p in root.iterdir() if p.is_dir() and f"_{kind}_L" in p.name and (p / "cfg.json").exists())
-    if not found:
-        return None
-    if layer is None:
-        layer = len(found) // 2
-    pick = [p for p in found if p.name.endswith(f"_L{layer}")] or found
-    return load_coder(pick[0])
 
 
 def demo_section(model, task, report, out, label, summary) -> None:
     from circuitlab.engine.cache import capture
     from circuitlab.sparse.attribution import patch_latents
+    from circuitlab.sparse.bundled import find_coder
     from circuitlab.sparse.dashboard import card_figure, card_html, latent_cards
 
     coder = find_coder(model.name)

@@ -33,7 +33,8 @@ def site_layer(hook: str) -> int:
     """The block index in a hook name (``blocks.3.hook_mlp_out`` -> 3)."""
     m = _LAYER.match(hook)
     if not m:
-        raise ValueError(f"cannot splice at {hook!r}: only per-block sites (blocks.L.*) carry latents")
+        raise ValueError(f"{hook!r} is not a per-block site (blocks.L.*): coders are spliced, and graphs "
+                         "place transcoders, only at per-block sites")
     return int(m.group(1))
 
 
