@@ -22,7 +22,7 @@ from circuitlab.engine.forward import run_to_final
 from circuitlab.engine.norms import apply_norm, norm_params, norm_paths, norm_scale
 from circuitlab.graphs.frozen import frozen_norm_hooks, frozen_pattern_hooks, record_scale_hooks
 from circuitlab.graphs.transcoders import TranscoderSet
-from circuitlab.methods.relp_rules import _norm_hooks
+from circuitlab.methods.relp_rules import norm_rule_hooks
 from circuitlab.models.weights import W_U, b_U
 
 
@@ -172,7 +172,6 @@ def read_gradients(model, transcoders: TranscoderSet, clean: CleanRun, targets: 
 
     Returns (objective values [R] = target pre-activations, grad at hook_embed [R, T, d],
     grads at each hook_mlp_out [L][R, T, d])."""
-    bridge = model.bridge
     R = len(targets)
     tokens = clean.tokens[None].expand(R, -1)
     leaves: dict = {}
@@ -205,9 +204,7 @@ def read_gradients(model, transcoders: TranscoderSet, clean: CleanRun, targets: 
 
         return fn
 
-    hooks = [("hook_embed", leaf("embed"))]
-    for path in norm_paths(bridge):
-        hooks += _norm_hooks(bridge, path)
+    hooks = [("hook_embed", leaf("embed"))] + norm_rule_hooks(model)  # RelP's LN rule: scales stop-gradient
     hooks += [(f"blocks.{l}.attn.hook_pattern", lambda y: y.detach()) for l in range(model.n_layers)]
     for l, tc in enumerate(transcoders.layers):
         hooks += [(tc.hook_in, read(l)), (tc.hook_out, write(l))]
