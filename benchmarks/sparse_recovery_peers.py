@@ -254,7 +254,7 @@ def run(a: argparse.Namespace) -> dict:
 
     from circuitlab.sparse.base import make_coder
     from circuitlab.sparse.store import ShardLoader
-    from circuitlab.sparse.topk import TopKConfig
+    from circuitlab.sparse.architectures.topk import TopKConfig
     from circuitlab.sparse.trainer import TrainConfig, Trainer, default_lr
 
     pythons = {"saelens": a.saelens_python, "sparsify": a.sparsify_python}

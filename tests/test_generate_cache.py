@@ -6,7 +6,8 @@ import torch
 
 import circuitlab as cl
 from circuitlab.engine.hooks import count_hooks
-from circuitlab.engine.interventions import Intervention, Supernode, _pick, generate
+from circuitlab.engine.interventions import Intervention, _pick, generate
+from circuitlab.graphs.targets import Supernode
 
 PROMPTS = ["The capital of France is", "Mary went to the park and"]
 

@@ -53,9 +53,6 @@ def load_architectures() -> dict[str, type["SparseCoder"]]:
     return ARCHITECTURES
 
 
-_load_all = load_architectures  # kept until callers are updated
-
-
 def coder_class(arch: str) -> type["SparseCoder"]:
     """The coder class registered as ``arch``."""
     archs = load_architectures()

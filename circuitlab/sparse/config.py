@@ -251,10 +251,9 @@ def example_toml() -> str:
     for f in dataclasses.fields(CoderSection):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         out.append(f"{f.name + ' = ' + _fmt(default):<40} # {docs.get(f.name, '')}")
-    from circuitlab.sparse.base import ARCHITECTURES, _load_all
+    from circuitlab.sparse.base import load_architectures
 
-    _load_all()
-    for arch in sorted(ARCHITECTURES):
+    for arch in sorted(load_architectures()):
         cls = config_class(arch)
         docs = field_docs(cls)
         out.append(f"# fields of arch = \"{arch}\":")

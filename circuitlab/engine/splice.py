@@ -1,1 +1,0 @@
-from circuitlab.sparse.splice import splice  # noqa: F401  # moved; kept until callers are updated

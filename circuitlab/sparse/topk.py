@@ -1,1 +1,0 @@
-from circuitlab.sparse.architectures.topk import TopKConfig  # noqa: F401  # moved; kept until callers are updated
