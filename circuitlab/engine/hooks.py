@@ -92,3 +92,33 @@ def count_hooks(bridge) -> int:
         n += len(getattr(module, "_forward_hooks", {})) + len(getattr(module, "_backward_hooks", {}))
         n += len(getattr(module, "_forward_pre_hooks", {}))
     return n
+
+
+@contextlib.contextmanager
+def temporary_hook_points(bridge, names: Iterable[str]) -> Iterator[dict[str, torch.nn.Module]]:
+    """New hook points registered on the model under ``names`` for the block, removed on exit
+    (also when the block raises); yields them by name.
+
+    Why: a value computed inside another hook (a spliced sparse coder's latents) needs a named
+    point so capture, patching and gradients address it like any other site. Calling the point on
+    the value runs its hooks. The engine alone touches the model's hook registry."""
+    from transformer_lens.hook_points import HookPoint
+
+    names = list(names)
+    if not getattr(bridge, "_hook_registry_initialized", True):
+        bridge._initialize_hook_registry()
+    registry = bridge._hook_registry
+    clash = sorted({n for n in names if n in registry or names.count(n) > 1})
+    if clash:
+        raise ValueError(f"hook point(s) {', '.join(clash)} already exist or are asked for twice: "
+                         "give each temporary hook point a new, distinct name")
+    points: dict[str, torch.nn.Module] = {}
+    for name in names:
+        points[name] = HookPoint()
+        points[name].name = name
+    registry.update(points)
+    try:
+        yield points
+    finally:
+        for name in points:
+            registry.pop(name, None)

@@ -1,12 +1,12 @@
 """Splicing sparse coders into a model: the coder's output replaces the activation at its site,
-and its latents become a site (``blocks.{l}.hook_latents``, family ``latents``) that every
+and its latents become a site (``hook_name("latents", l)``, family ``latents``) that every
 engine function — capture, patch_nodes, forward_for_grads — can read, patch and differentiate.
 
 Why here and not in the engine: splicing reads the coder (its sites, encoder and decoder); the
 engine only attaches the hooks (``scoped_hooks``). The latents need a real hook point for the
-engine to address them by name, so for the duration of the ``with`` block a HookPoint is
-registered under that name on the bridge, called on the latents inside the splice, and removed
-on exit (also on exceptions).
+engine to address them by name, so for the duration of the ``with`` block the engine registers
+a temporary hook point under that name (``temporary_hook_points``), called on the latents inside
+the splice and removed on exit (also on exceptions).
 
 With ``error=True`` the unexplained part ``x - decode(encode(x))`` is added back, so the model's
 output is unchanged until a latent is patched, and gradients reaching the site input are
@@ -22,16 +22,20 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from circuitlab.engine.hooks import scoped_hooks
-from circuitlab.engine.sites import hook_name
+from circuitlab.engine.hooks import scoped_hooks, temporary_hook_points
+from circuitlab.engine.sites import hook_name, parse_hook
 from circuitlab.sparse.base import SparseCoder
 
-_LAYER = re.compile(r"blocks\.(\d+)\.")
+_ANY_BLOCK = re.compile(r"blocks\.(\d+)\.")
+"""Fallback for a coder's own hook name that ``hook_name`` does not spell (a native bridge name)."""
 
 
 def site_layer(hook: str) -> int:
-    """The block index in a hook name (``blocks.3.hook_mlp_out`` -> 3)."""
-    m = _LAYER.match(hook)
+    """The block index of a hook name (``hook_name("mlp_out", 3)`` -> 3)."""
+    parsed = parse_hook(hook)
+    if parsed is not None and parsed[1] is not None:
+        return parsed[1]
+    m = _ANY_BLOCK.match(hook)
     if not m:
         raise ValueError(f"{hook!r} is not a per-block site (blocks.L.*): coders are spliced, and graphs "
                          "place transcoders, only at per-block sites")
@@ -43,7 +47,7 @@ class Spliced:
     """What a splice installed: latents hook name per coder."""
 
     latent_hooks: list[str]
-    """``blocks.{l}.hook_latents`` of each coder, in the order given."""
+    """``hook_name("latents", l)`` of each coder, in the order given."""
 
 
 def _sites(coder: SparseCoder) -> tuple[str, str]:
@@ -65,40 +69,32 @@ def splice(model, coders: Sequence[SparseCoder], error: bool | Sequence[bool] = 
     ``error`` (one flag, or one per coder) adds the reconstruction error back.
     ``passthrough(x) -> [batch, pos] bool`` marks tokens whose original activation is kept
     (those a coder never saw in training: BOS, very high norm), given the coder's input x."""
-    from transformer_lens.hook_points import HookPoint
-
     coders = list(coders)
     errs = [error] * len(coders) if isinstance(error, bool) else list(error)
     if len(errs) != len(coders):
         raise ValueError("give one error flag per coder")
     bridge = model.bridge
-    if not getattr(bridge, "_hook_registry_initialized", True):
-        bridge._initialize_hook_registry()
-    registry = bridge._hook_registry
-    points: dict[str, HookPoint] = {}
-    forward = []
-    for coder, err in zip(coders, errs):
-        hin, hout = _sites(coder)
+    sites = [_sites(coder) for coder in coders]
+    existing = bridge.hook_dict
+    names: list[str] = []
+    for _, hout in sites:
         layer = site_layer(hout)
         name = hook_name("latents", layer)
-        if name in points or name in registry:
+        if name in names or name in existing:
             raise ValueError(f"two coders write latents at layer {layer} ({name}); splice one per layer")
-        hp = HookPoint()
-        hp.name = name
-        points[name] = hp
-        if hin == hout:
-            forward.append((hout, _replace(coder, hp, err, None, passthrough)))
-        else:
-            box: dict[str, torch.Tensor] = {}
-            forward.append((hin, _keep(box)))
-            forward.append((hout, _replace(coder, hp, err, box, passthrough)))
-    registry.update(points)
-    try:
+        names.append(name)
+    with temporary_hook_points(bridge, names) as points:
+        forward = []
+        for coder, err, (hin, hout), name in zip(coders, errs, sites, names):
+            hp = points[name]
+            if hin == hout:
+                forward.append((hout, _replace(coder, hp, err, None, passthrough)))
+            else:
+                box: dict[str, torch.Tensor] = {}
+                forward.append((hin, _keep(box)))
+                forward.append((hout, _replace(coder, hp, err, box, passthrough)))
         with scoped_hooks(bridge, forward):
-            yield Spliced(list(points))
-    finally:
-        for name in points:
-            registry.pop(name, None)
+            yield Spliced(names)
 
 
 def _keep(box: dict):
