@@ -304,7 +304,6 @@ def test_training_and_evaluation_on_a_text_file(text_file, zoo_model, tmp_path):
     assert 0 < m["fvu"] < 1 and np.isfinite(m["ce_recovered"])
 
 
-@pytest.mark.xfail(strict=True, reason="train_file does not pass run.data to the store and evaluation yet")
 def test_train_file_reads_run_data(text_file, zoo_model, tmp_path):
     from circuitlab.sparse import config
     from circuitlab.sparse.run import train_file
@@ -322,3 +321,27 @@ def test_train_file_reads_run_data(text_file, zoo_model, tmp_path):
         m = train_file(tf, models={"gpt2-zoo": zoo_model("gpt2-zoo")})["k8"]
     held = [x for x in lines if is_heldout(x)]
     assert m["tokens"] == sum(min(len(encode(zoo_model("gpt2-zoo").tokenizer, x)), 24) - 1 for x in held)
+
+
+def test_dashboard_cards_read_the_sources_held_out_documents(text_file, zoo_model):
+    from circuitlab.sparse.base import config_class, make_coder
+    from circuitlab.sparse.dashboard import latent_cards
+
+    torch.set_num_threads(1)
+    p, lines = text_file
+    model = zoo_model("gpt2-zoo")
+    coder = make_coder(config_class("topk")(d_in=model.d_model, d_sae=16, k=4, seed=0,
+                                            hooks_in=("blocks.1.hook_resid_post",)))
+    with pytest.warns(UserWarning, match="held-out documents"):
+        cards = latent_cards(model, coder, range(16), n_docs=10_000, n_contexts=4, ctx_len=24, data=f"text:{p}")
+    tok = model.tokenizer
+    held, train = ([tok.convert_ids_to_tokens(ids) for ids in pad_documents(tok, docs, 24)[0].tolist()]
+                   for docs in ([x for x in lines if is_heldout(x)], [x for x in lines if not is_heldout(x)]))
+
+    def inside(window, docs):
+        return any(d[i:i + len(window)] == window for d in docs for i in range(len(d)))
+
+    contexts = [c.tokens[:c.index + 1] for card in cards for c in card.top_contexts]
+    assert len(contexts) >= 8
+    assert all(inside(w, held) for w in contexts)
+    assert not all(inside(w, train) for w in contexts if len(w) >= 6)  # long windows are document-specific

@@ -1,6 +1,7 @@
 """Feature dashboards: what a latent responds to and what it writes.
 
-For a latent: its top-activating contexts in the zoo corpus (the activating token marked),
+For a latent: its top-activating contexts in held-out documents of a data source (the zoo
+corpus unless another is named; the activating token marked),
 its firing density, and the tokens its decoder direction promotes and suppresses through the
 unembedding (the direct logit effect ``W_dec[i] @ W_U``, ignoring the final norm's scale).
 Returned as plain data (``LatentCard``) so attribution graphs and the demo can reuse it, and
@@ -14,6 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from circuitlab.data import DEFAULT, Document
 from circuitlab.sparse.base import SparseCoder
 from circuitlab.sparse.store import ActivationSource, Exclusion, SourceSpec
 from circuitlab.webpage import Html, figure_html, page, plot_text, text, write_html
@@ -60,14 +62,16 @@ def logit_effects(model, coder: SparseCoder, latent: int, k: int = 10) -> tuple[
 
 
 @torch.no_grad()
-def latent_cards(models, coder: SparseCoder, latents: Sequence[int], docs: Optional[Sequence[str]] = None,
-                 n_docs: int = 256, n_contexts: int = 8, window: int = 8, ctx_len: int = 64) -> list[LatentCard]:
-    """Cards for ``latents`` from ``docs`` (default: held-out zoo corpus documents)."""
+def latent_cards(models, coder: SparseCoder, latents: Sequence[int], docs: Optional[Sequence[Document]] = None,
+                 n_docs: int = 256, n_contexts: int = 8, window: int = 8, ctx_len: int = 64,
+                 data: str = DEFAULT) -> list[LatentCard]:
+    """Cards for ``latents`` from ``docs`` (default: ``n_docs`` held-out documents of source
+    ``data``, the zoo corpus unless named; see circuitlab.data)."""
     from circuitlab.sparse.evaluate import heldout_documents
     from circuitlab.sparse.store import tokenize_documents
 
     models = list(models) if isinstance(models, (list, tuple)) else [models]
-    docs = list(docs) if docs is not None else heldout_documents(n_docs)
+    docs = list(docs) if docs is not None else heldout_documents(n_docs, data=data, ctx_len=ctx_len)
     src = ActivationSource(models, SourceSpec.of(coder.cfg), Exclusion.of(coder.cfg), ctx_len)
     rows = src.rows(docs)
     f = coder.encode(rows.x.to(coder.W_enc.device)).cpu()
@@ -97,7 +101,8 @@ def card_html(card: LatentCard) -> Html:
         rows.append(f"<tr><td>{c.activation:.3f}</td><td>{toks}</td></tr>")
     pro = ", ".join(f"{text(t)} ({v:+.2f})" for t, v in card.promoted)
     sup = ", ".join(f"{text(t)} ({v:+.2f})" for t, v in card.suppressed)
-    return Html(f"<h3>latent {card.latent}</h3><p>density {card.density:.4%}, max activation {card.max_activation:.3f}</p>"
+    return Html(f"<h3>latent {card.latent}</h3>"
+                f"<p>density {card.density:.4%}, max activation {card.max_activation:.3f}</p>"
                 f"<p><b>promotes</b>: {pro}<br><b>suppresses</b>: {sup}</p>"
                 f"<table><tr><th>act</th><th>context</th></tr>{''.join(rows)}</table>")
 

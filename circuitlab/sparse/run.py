@@ -43,11 +43,13 @@ def state_dir(out: Path, names: list[str]) -> Path:
 
 def data_identity(run, ms: list, names: tuple) -> dict:
     """What defines a group's activation stream, recorded with its training state: a saved
-    state from another model, corpus or data layout is never resumed silently."""
+    state from another model, corpus or data layout is never resumed silently. The data source is
+    recorded only when it is not the zoo corpus, so states saved before sources existed resume."""
     return {"models": list(names), "d_model": [m.d_model for m in ms], "n_layers": [m.n_layers for m in ms],
             "ctx_len": run.ctx_len, "corpus_seed": run.corpus_seed, "shard_tokens": run.shard_tokens,
             "docs_per_batch": run.docs_per_batch, "buffer_shards": run.buffer_shards, "seed": run.seed,
-            "exclude_norm_factor": run.exclude_norm_factor, "exclude_special_tokens": run.exclude_special_tokens}
+            "exclude_norm_factor": run.exclude_norm_factor, "exclude_special_tokens": run.exclude_special_tokens,
+            **({"data": run.data} if run.data != "zoo" else {})}
 
 
 def _write_state_pointer(out: Path, names: list[str], where: Path) -> None:
@@ -126,7 +128,7 @@ def train_file(tf: TrainFile, models: Optional[dict] = None, resume_mode: str = 
         groups.setdefault(key, []).append((default_name(sec, cfg), cfg))
     results: dict[str, dict] = {}
     all_histories: dict[str, list[dict]] = {}
-    for gi, ((hooks_in, hooks_out, names), members) in enumerate(groups.items()):
+    for (hooks_in, hooks_out, names), members in groups.items():
         ms = [model(n) for n in dict.fromkeys(names)]
         tok = ms[0].tokenizer
         special = tuple(sorted(set(tok.all_special_ids))) if run.exclude_special_tokens else ()
@@ -134,9 +136,9 @@ def train_file(tf: TrainFile, models: Optional[dict] = None, resume_mode: str = 
         spec = SourceSpec.of(members[0][1])
         src = ActivationSource(ms, spec, ex, run.ctx_len)
         if run.exclude_norm_factor > 0:
-            ex.norm_above = src.calibrate(documents(run.corpus_seed * 7 + 12345, run.docs_per_batch),
-                                          run.exclude_norm_factor)
-        plan = ShardPlan(run.corpus_seed, run.shard_tokens, run.docs_per_batch)
+            calibration = documents(run.corpus_seed * 7 + 12345, run.docs_per_batch, run.data, run.ctx_len)
+            ex.norm_above = src.calibrate(calibration, run.exclude_norm_factor)
+        plan = ShardPlan(run.corpus_seed, run.shard_tokens, run.docs_per_batch, run.data)
         n_shards = max(comm.world, math.ceil(tf.train.total_tokens / run.shard_tokens))
         if run.cache_dir:
             key_s = hashlib.sha1(json.dumps([hooks_in, hooks_out, names]).encode()).hexdigest()[:12]
@@ -177,10 +179,11 @@ def train_file(tf: TrainFile, models: Optional[dict] = None, resume_mode: str = 
                                                          "train_seconds": getattr(trainer, "elapsed", None)})
             m = {"train_tokens_per_s": trainer.tokens_seen / max(1e-9, getattr(trainer, "elapsed", 1e-9))}
             if run.evaluate:
-                m.update(evaluate(ms, coder.to(device), n_docs=run.eval_docs, ctx_len=run.ctx_len))
+                m.update(evaluate(ms, coder.to(device), n_docs=run.eval_docs, ctx_len=run.ctx_len, data=run.data))
                 dens = m.pop("_density")
                 if run.density_html:
-                    atomic_write(folder / "density.html", lambda t, d=dens, n=name: density_histogram(d, n).write_html(t))
+                    atomic_write(folder / "density.html",
+                                 lambda t, d=dens, n=name: density_histogram(d, n).write_html(t))
                     m["density_file"] = "density.html"
             save_metrics(m, folder / "metrics.json")
             atomic_write(folder / "history.json",
