@@ -63,7 +63,8 @@ FAST = [
     (["sweep", "--task", "ioi", "--out", "afile"], "--out 'afile' is a file"),
     (["sweep", "--task", "ioi", "--out", "out", "--method", "exact,atpp"], "unknown method 'atpp'; did you mean 'atp'"),
     (["sweep", "--task", "ioi", "--out", "out", "--method", "exact,"], "empty entry"),
-    (["sweep", "--task", "ioi", "--out", "out", "--sites", "heads,mpl_out"], "unknown sites 'mpl_out'; did you mean 'mlp_out'"),
+    (["sweep", "--task", "ioi", "--out", "out", "--sites", "heads,mpl_out"],
+     "unknown sites 'mpl_out'; did you mean 'mlp_out'"),
     (["sweep", "--task", "ioi", "--out", "out", "--batch-size", "0"], "--batch-size must be > 0"),
     (["sweep", "--task", "ioi", "--out", "out", "--batch-size", "-4"], "--batch-size must be > 0"),
     (["sweep", "--task", "ioi", "--out", "out", "--n", "0"], "--n must be > 0"),
@@ -165,7 +166,7 @@ def test_internal_errors_are_not_called_bad_input(workdir, capsys, monkeypatch):
     def bug(a):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_zoo", bug)
+    monkeypatch.setattr(cli.zoo, "run", bug)
     rc, err = _run(["zoo", "list"], capsys)
     assert rc == 1
     _assert_one_line(err, "internal error: RuntimeError: a bug (rerun with --debug")

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from browser import console_errors, driver, screenshot
-from circuitlab.demo import run_demo
+from circuitlab.cli.demo.report import run_demo
 
 SECTIONS = ["Head detectors", "direct logit attribution and logit lens", "exact activation patching",
             "attention of the top heads", "fast estimators against exact patching",
@@ -50,7 +50,8 @@ def test_demo_report_renders_in_browser(demo_dir):
         rendered = 0
         for _ in range(40):  # plotly renders every figure after load; wait for the last one
             rendered = d.execute_script(
-                "return [...document.querySelectorAll('.js-plotly-plot')].filter(e => e.querySelector('.main-svg')).length")
+                "return [...document.querySelectorAll('.js-plotly-plot')]"
+                ".filter(e => e.querySelector('.main-svg')).length")
             if rendered == n_figures:
                 break
             time.sleep(0.25)

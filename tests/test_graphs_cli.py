@@ -47,7 +47,7 @@ def test_graph_and_probe_commands(gpt2, tiny_dir, tmp_path, capsys):
 def test_demo_section_only_with_transcoders(gpt2, tmp_path, monkeypatch):
     import circuitlab as cl
     from circuitlab.graphs import transcoders as tmod
-    from circuitlab.graphs.demo import demo_section
+    from circuitlab.cli.demo.graphs import demo_section
     from circuitlab.viz.report import Report
 
     task = cl.tasks.from_pairs(gpt2, [{"clean": "the capital of France is", "corrupt": "the capital of Spain is",

@@ -97,3 +97,36 @@ def test_trainer_state_lives_outside_the_output_folder(tmp_path):
     assert a != b  # two configs writing one folder never resume each other's state
     assert out.resolve() not in a.resolve().parents  # nothing but finished coders lands in out
     assert state_dir(out, ["resid_L0"]) == a  # the same run finds its state again
+
+
+def test_eval_reads_held_out_documents_of_a_text_file(tiny_dir, tmp_path, capsys):
+    import warnings
+
+    import circuitlab as cl
+    from circuitlab.data import is_heldout
+    from circuitlab.sparse.base import config_class, make_coder
+    from circuitlab.sparse.files import save_coder
+    from circuitlab.tasks.tokenize import encode
+
+    model = str(tiny_dir("gpt2"))
+    coder = save_coder(make_coder(config_class("topk")(d_in=64, d_sae=128, k=4, seed=0,
+                                                       hooks_in=("blocks.1.hook_resid_pre",), models=(model,))),
+                       tmp_path / "coder")
+    lines = sorted({" ".join(f"w{(5 * i + j) % 100}" for j in range(2 + i % 30)) for i in range(160)})
+    (tmp_path / "docs.txt").write_text("\n".join(lines) + "\n")
+    held = [x for x in lines if is_heldout(x)]
+    assert 0 < len(held) < len(lines)
+    argv = ["eval", str(coder), "--data", f"text:{tmp_path / 'docs.txt'}", "--docs", "1000", "--ctx-len", "24"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fewer held-out documents than --docs asks for
+        assert main(argv + ["--out", str(tmp_path / "ev")]) == 0
+    metrics = json.loads((tmp_path / "ev/metrics.json").read_text())
+    tok = cl.load(model).tokenizer
+    # every held-out line and nothing else: all its tokens up to ctx_len, less the BOS
+    assert metrics["tokens"] == sum(min(len(encode(tok, x)), 24) - 1 for x in held)
+    assert main(["eval", str(coder), "--docs", "8", "--ctx-len", "24", "--out", str(tmp_path / "zoo")]) == 0
+    assert json.loads((tmp_path / "zoo/metrics.json").read_text())["tokens"] != metrics["tokens"]
+    capsys.readouterr()
+    assert main(["eval", str(coder), "--data", f"text:{tmp_path / 'missing.txt'}", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--data" in err and "missing.txt" in err and not (tmp_path / "x").exists()

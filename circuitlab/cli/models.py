@@ -21,10 +21,10 @@ def add_parser(sub, fmt) -> None:
     f.add_argument("--accept-licence", "--accept-license", dest="accept_licence", action="store_true",
                    help="accept the model's licence terms (required for models that are not open source)")
     f.add_argument("--force", action="store_true", help="fetch and convert again even if present")
-    m.set_defaults(fn=cmd_models)
+    m.set_defaults(fn=run)
 
 
-def cmd_models(a) -> None:
+def run(a) -> None:
     from circuitlab.models import fetch
 
     if a.models_cmd == "list":

@@ -1,4 +1,4 @@
-"""``circuitlab train CONFIG.toml`` and ``circuitlab eval PATH``: the sparse-coder commands."""
+"""``circuitlab train CONFIG.toml``: train sparse coders (SAE, transcoder, crosscoder) from a TOML file."""
 
 from __future__ import annotations
 
@@ -12,14 +12,8 @@ TRAIN_EPILOG = """examples:
   torchrun --nproc_per_node 2 -m circuitlab.cli train my.toml   # data parallel (gloo on CPU)
 """
 
-EVAL_EPILOG = """examples:
-  circuitlab eval runs/sparse/sae_topkk32_L2            # writes ./eval/sae_topkk32_L2/
-  circuitlab eval path/to/sae_lens_sae --model gpt2-zoo --docs 256 --out my_eval
-The coder folder is only read: metrics.json and density.html go to --out.
-"""
 
-
-def cmd_train(a) -> None:
+def run(a) -> None:
     from circuitlab.sparse import config
     from circuitlab.sparse.run import train_file
 
@@ -40,34 +34,6 @@ def cmd_train(a) -> None:
               f"{Path(tf.run.out) / 'train_state.json'})")
 
 
-def cmd_eval(a) -> None:
-    import circuitlab as cl
-    from circuitlab.sparse.evaluate import density_histogram, eval_output, evaluate, resolve_model, save_metrics
-    from circuitlab.sparse.files import load_coder
-    from circuitlab.webpage import write_figure
-
-    path = Path(a.path)
-    coder = load_coder(path)
-    metrics_file, density_file = eval_output(path, a.out)
-    names = [a.model] if a.model else list(dict.fromkeys(coder.cfg.models))
-    if not names or not names[0]:
-        raise ValueError("the coder's cfg.json names no model; pass --model NAME_OR_PATH")
-    models = []
-    for n in names:
-        try:
-            models.append(cl.load(resolve_model(n)))
-        except OSError as e:
-            raise ValueError(f"could not load model {n!r} (named by {'--model' if a.model else path / 'cfg.json'}): "
-                             f"{e}; pass --model NAME_OR_PATH") from e
-    m = evaluate(models, coder, n_docs=a.docs, ctx_len=a.ctx_len)
-    dens = m.pop("_density")
-    save_metrics(m, metrics_file)
-    write_figure(density_histogram(dens, path.resolve().name), density_file)
-    for k, v in m.items():
-        print(f"{k:>22}: {v:.6g}" if isinstance(v, float) else f"{k:>22}: {v}")
-    print(f"wrote {metrics_file} and {density_file.name}")
-
-
 def add_parser(subparsers, formatter_class) -> None:
     p = subparsers.add_parser("train", help="train sparse coders (SAE, transcoder, crosscoder) from a TOML file",
                               epilog=TRAIN_EPILOG, formatter_class=formatter_class)
@@ -81,15 +47,4 @@ def add_parser(subparsers, formatter_class) -> None:
                             "resumed only when its configuration is identical")
     again.add_argument("--restart", action="store_true",
                        help="discard any saved training state for these coders and train from scratch")
-    p.set_defaults(fn=cmd_train)
-    e = subparsers.add_parser("eval", help="evaluate a coder folder: L0, FVU, CE recovered, KL, dead/dense",
-                              epilog=EVAL_EPILOG, formatter_class=formatter_class)
-    e.add_argument("path", help="coder folder (cfg.json + sae_weights.safetensors)")
-    e.add_argument("--model", help="model to splice into (default: the one in cfg.json)")
-    e.add_argument("--docs", type=int, default=1024,
-                   help="held-out documents (default 1024, ~38k tokens: dead fractions need that many)")
-    e.add_argument("--ctx-len", type=int, default=64, help="tokens per document (default 64)")
-    e.add_argument("--out", help="output folder for metrics.json and density.html (default ./eval/<coder folder "
-                                 "name>; never the coder folder itself); a path ending in .json names the metrics file")
-    e.set_defaults(fn=cmd_eval)
-
+    p.set_defaults(fn=run)

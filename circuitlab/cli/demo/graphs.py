@@ -1,4 +1,4 @@
-"""The attribution-graph section of ``circuitlab demo`` (only when trained transcoders exist)."""
+"""The demo report's attribution-graph section (a pointer to training when no transcoders ship)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 def demo_section(model, task, report, out: Path, label: str, summary: dict) -> None:
     """Add an attribution graph (and probe-prompting supernodes for factual-recall prompts) of
-    the task's first prompt to ``report``; do nothing when no transcoders are found for the model."""
+    the task's first prompt to ``report``; when no transcoders are found for the model, a short
+    section saying how to train them instead."""
     from circuitlab.graphs.transcoders import find_transcoders, load_transcoders
 
     folder = find_transcoders(model.name)
@@ -20,6 +21,8 @@ def demo_section(model, task, report, out: Path, label: str, summary: dict) -> N
     from circuitlab.graphs.attribute import GraphConfig, attribute
     from circuitlab.graphs.export import write_neuronpedia
     from circuitlab.graphs.page import graph_figure, write_page
+    from circuitlab.graphs.probes import world_concepts
+    from circuitlab.graphs.probing import ProbeConfig, probe_prompting
     from circuitlab.graphs.prune import prune, pruned_graph, scores
 
     tcs = load_transcoders(folder)
@@ -30,9 +33,6 @@ def demo_section(model, task, report, out: Path, label: str, summary: dict) -> N
     sc = [scores(g), scores(pruned_graph(g, pr), "pruned")]
     groups, probe = [], None
     try:
-        from circuitlab.graphs.probing import ProbeConfig, probe_prompting
-        from circuitlab.graphs.probes import world_concepts
-
         if world_concepts(prompt, target):
             probe = probe_prompting(model, tcs, prompt, target, cfg=ProbeConfig(), graph=g)
             groups = probe.node_groups()
@@ -43,17 +43,19 @@ def demo_section(model, task, report, out: Path, label: str, summary: dict) -> N
                       supernodes=[[lab] + [g.node_id(i) for i in nodes] for lab, nodes in groups])
     page = write_page(g, out / f"{label}_graph.html", pruned=pr, supernodes=groups, scores=sc)
     fig, _ = graph_figure(g, pr, groups, title=f"Attribution graph: {prompt} -> {target}")
-    rows = [["graph", "features", "replacement", "completeness"]] + [[s.graph, s.n_features, s.replacement,
-                                                                      s.completeness] for s in sc]
+    rows = [["graph", "features", "replacement", "completeness"]]
+    rows += [[s.graph, s.n_features, s.replacement, s.completeness] for s in sc]
     items = [fig, rows]
     if probe is not None:
         items.append(probe.table())
-        items.append([["supernode", "kind", "features"]] + [[s.label, s.kind, len(s.features)] for s in probe.supernodes])
+        items.append([["supernode", "kind", "features"]]
+                     + [[s.label, s.kind, len(s.features)] for s in probe.supernodes])
     report.add(f"{label}: attribution graph on transcoders",
-               f"Local replacement model of '{prompt}' with the transcoders in {folder.name}: features, error nodes and "
-               f"tokens, pruned at node 0.8 / edge 0.98 influence. Interactive page with click-to-highlight paths: "
-               f"{page.name}; Neuronpedia JSON: {label}_graph.json. Built in {g.meta['seconds']:.1f}s."
-               + (" Probe-prompting supernodes are outlined and compared with two clustering baselines." if probe else ""),
+               f"Local replacement model of '{prompt}' with the transcoders in {folder.name}: features, error nodes "
+               f"and tokens, pruned at node 0.8 / edge 0.98 influence. Interactive page with click-to-highlight "
+               f"paths: {page.name}; Neuronpedia JSON: {label}_graph.json. Built in {g.meta['seconds']:.1f}s."
+               + (" Probe-prompting supernodes are outlined and compared with two clustering baselines."
+                  if probe else ""),
                *items)
     summary[f"{label}_graph"] = {"scores": [s.as_dict() for s in sc], "seconds": g.meta["seconds"],
                                  "probe": probe.to_dict() if probe is not None else None}

@@ -1,10 +1,11 @@
-"""``circuitlab demo``: the analysis a researcher would run first, as one HTML report.
+"""The demo report: the analysis a researcher would run first, as one HTML report.
 
 IOI and capitals on a real pretrained model (SmolLM2-135M once `circuitlab models fetch
 smollm2-135m` has run; the bundled GPT-2 otherwise): head detectors, direct logit attribution by
-layer and head, the logit lens, exact patching of the residual stream and of every head, and the fast estimators (AtP*,
-RelP) beside exact patching with their agreement. Sections for sparse-coder latents and
-attribution graphs are added when those packages and their bundled coders are installed.
+layer and head, the logit lens, exact patching of the residual stream and of every head, and the
+fast estimators (AtP*, RelP) beside exact patching with their agreement. Sections for
+sparse-coder latents and attribution graphs follow (each says how to get coders when none ship
+for the model).
 """
 
 from __future__ import annotations
@@ -16,14 +17,19 @@ from typing import Optional
 
 from tqdm.auto import tqdm
 
+from circuitlab.cli.demo import graphs, sparse
 from circuitlab.viz.attention import attention_figure
+
+SECTIONS = (sparse.demo_section, graphs.demo_section)
+"""Extra per-task sections: ``section(model, task, report, out, label, summary)``."""
 
 
 def _agreement_rows(results: dict, exact) -> list:
     import circuitlab as cl
 
     rows = [["method", "pearson", "spearman (>1% nodes)", "recall@5", "forward", "backward", "seconds"]]
-    rows.append(["exact", 1.0, 1.0, 1.0, exact.cost.forward_passes, exact.cost.backward_passes, round(exact.cost.seconds, 3)])
+    rows.append(["exact", 1.0, 1.0, 1.0, exact.cost.forward_passes, exact.cost.backward_passes,
+                 round(exact.cost.seconds, 3)])
     for name, r in results.items():
         c = cl.compare(r, exact, k=5)
         rows.append([name, c["pearson"], c["spearman_1pct"], c["recall@5"], r.cost.forward_passes,
@@ -37,8 +43,8 @@ def analyse(model, task, report, out: Path, label: str, steps) -> dict:
     import circuitlab as cl
 
     summary: dict = {}
-    report.add(f"{label}: model and task", f"{model!r}. Task {task.name}: {len(task)} prompt pairs (held-out phrasings), "
-               f"metric {task.metric.name}. First records:",
+    report.add(f"{label}: model and task", f"{model!r}. Task {task.name}: {len(task)} prompt pairs (held-out "
+               f"phrasings), metric {task.metric.name}. First records:",
                [["#", "clean", "corrupt", "answer", "wrong"]] +
                [[i, r["clean"], r["corrupt"], r["answer"], r["wrong"]] for i, r in enumerate(task.prompts[:4])])
     layer = cl.dla(model, task, by="layer")
@@ -59,7 +65,8 @@ def analyse(model, task, report, out: Path, label: str, steps) -> dict:
     report.add(f"{label}: exact activation patching",
                "Denoising: run the corrupted prompts and restore one node's clean value. The residual stream "
                "shows where the deciding information sits at each layer; the head sweep shows which heads carry it.",
-               resid.plot("Exact patching: resid_pre [layer, position]"), heads.plot("Exact patching: heads [layer, head]"),
+               resid.plot("Exact patching: resid_pre [layer, position]"),
+               heads.plot("Exact patching: heads [layer, head]"),
                [["head", "effect"]] + [[l, v] for l, v in heads.top(6)])
     top = [_layer_head(lbl) for lbl, _ in heads.top(3)]
     report.add(f"{label}: attention of the top heads",
@@ -68,7 +75,8 @@ def analyse(model, task, report, out: Path, label: str, steps) -> dict:
                attention_figure(model, task.clean_tokens[:1, : int(task.metric.positions[0].max()) + 1], top,
                                 "Attention of the top heads by exact patching"))
     steps.update(1)
-    fast = {"atp*": cl.patch(model, task, "heads_all", method="atp*"), "relp": cl.patch(model, task, "heads_all", method="relp"),
+    fast = {"atp*": cl.patch(model, task, "heads_all", method="atp*"),
+            "relp": cl.patch(model, task, "heads_all", method="relp"),
             "atp": cl.patch(model, task, "heads_all", method="atp")}
     rows = _agreement_rows(fast, heads)
     report.add(f"{label}: fast estimators against exact patching",
@@ -78,7 +86,7 @@ def analyse(model, task, report, out: Path, label: str, steps) -> dict:
     steps.update(1)
     summary.update({"dla_total": layer.meta["total"], "logit_diff": layer.baseline, "top_heads_exact": heads.top(5),
                     "agreement": rows[1:], "resid_exact_seconds": resid.cost.seconds})
-    for extra in _optional_sections():
+    for extra in SECTIONS:
         extra(model, task, report, out, label, summary)
     return summary
 
@@ -111,24 +119,6 @@ def head_kinds_section(model, report) -> dict:
     return {row[0]: row[1:] for row in best}
 
 
-def _optional_sections():
-    """Sections from packages that may be absent in a partial install (sparse coders, graphs)."""
-    out = []
-    try:
-        from circuitlab.sparse.demo import demo_section as sparse_section  # type: ignore
-
-        out.append(sparse_section)
-    except ImportError:
-        pass
-    try:
-        from circuitlab.graphs.demo import demo_section as graph_section  # type: ignore
-
-        out.append(graph_section)
-    except ImportError:
-        pass
-    return out
-
-
 def default_model() -> Optional[str]:
     """The real SmolLM2-135M when it has been fetched, else None (the bundled GPT-2)."""
     from circuitlab.models.fetch import is_fetched
@@ -136,8 +126,11 @@ def default_model() -> Optional[str]:
     return "smollm2-135m" if is_fetched("smollm2-135m") else None
 
 
-def run_demo(model: Optional[str] = None, task: Optional[str] = None, out: str | Path = "circuitlab_demo", n: int = 32) -> Path:
-    from circuitlab.cli import _load_model, _task
+def run_demo(model: Optional[str] = None, task: Optional[str] = None, out: str | Path = "circuitlab_demo",
+             n: int = 32) -> Path:
+    """Write ``out/report.html`` and ``out/summary.json`` for ``model`` on ``task`` (default: IOI
+    and capitals); returns the report's path."""
+    from circuitlab.resolve import load_model, load_task
     from circuitlab.viz.report import Report
 
     out = Path(out)
@@ -145,18 +138,19 @@ def run_demo(model: Optional[str] = None, task: Optional[str] = None, out: str |
     t0 = time.perf_counter()
     tasks = [task] if task else ["ioi", "capitals"]
     steps = tqdm(total=1 + 3 * len(tasks), desc="demo")
-    m = _load_model(model if model is not None else default_model())
+    m = load_model(model if model is not None else default_model())
     steps.update(1)
     report = Report(f"circuitlab demo: {m.name}")
     head_kinds = head_kinds_section(m, report)
     summary = {}
     for tname in tasks:
-        t = _task(m, tname, n, 0)
+        t = load_task(m, tname, n, 0)
         summary[t.name] = analyse(m, t, report, out, t.name, steps)
     path = report.save(out / "report.html")
     from circuitlab.result import atomic_write
 
-    text = json.dumps({"model": m.name, "seconds": time.perf_counter() - t0, "head_kinds": head_kinds, "tasks": summary}, indent=1, default=str)
+    text = json.dumps({"model": m.name, "seconds": time.perf_counter() - t0, "head_kinds": head_kinds,
+                       "tasks": summary}, indent=1, default=str)
     atomic_write(out / "summary.json", lambda p: Path(p).write_text(text))
     steps.close()
     return path
