@@ -9,6 +9,7 @@ import torch
 
 from circuitlab.engine.forward import final_logits, run_to_final
 from circuitlab.engine.hooks import count_hooks
+from circuitlab.engine.sites import hook_name
 from circuitlab.graphs.attribute import GraphConfig, attribute
 from circuitlab.graphs.fit import FitConfig, fit_transcoders
 from circuitlab.graphs.graph import Graph
@@ -67,7 +68,8 @@ def test_edges_plus_bias_equal_preactivations(tiny_model, arch):
     assert g.n_features == g.meta["n_active"] > 0
     assert (_sum_error(g) <= 1e-3).all()
     rows = target_nodes(g)  # most rows are exact to float32 rounding, not just within the allowance
-    rel = (g.adjacency[rows].sum(1) + g.bias[rows] - g.preact[rows]).abs() / (g.adjacency[rows].abs().sum(1) + g.bias[rows].abs())
+    rel = ((g.adjacency[rows].sum(1) + g.bias[rows] - g.preact[rows]).abs()
+           / (g.adjacency[rows].abs().sum(1) + g.bias[rows].abs()))
     assert rel.median() < 1e-5, rel.median()
     # the bias really is "everything but the sources": a frozen run without sources agrees
     tn = target_nodes(g)[:5]
@@ -92,7 +94,7 @@ def test_every_edge_matches_an_intervention(tiny_model, arch):
 
 @pytest.mark.parametrize("kw", [dict(arch="jumprelu", fields={}), dict(arch="topk", fields={"k": 6}),
                                 dict(arch="batchtopk", fields={"k": 6}), dict(skip=True),
-                                dict(read="blocks.{layer}.hook_resid_mid")])
+                                dict(read="resid_mid")])
 def test_transcoder_variants(gpt2, kw):
     tcs = transcoders(gpt2, "gpt2", **kw)
     g = attribute(gpt2, tcs, PROMPT, cfg=GraphConfig(max_feature_nodes=16, batch_size=16))
@@ -195,15 +197,16 @@ def test_circuitlab_sparse_transcoders_adapt(gpt2, tmp_path, arch):
             c.W_skip.normal_(0, 0.05)
         coders.append(c)
         save_coder(c, tmp_path / f"tc_L{l}")
-    save_coder(sparse.make_coder(sparse.config_class("relu")(d_in=gpt2.d_model, d_sae=16,
-                                                              hooks_in=("blocks.0.hook_resid_post",))), tmp_path / "sae")
+    sae_cfg = sparse.config_class("relu")(d_in=gpt2.d_model, d_sae=16, hooks_in=(hook_name("resid_post", 0),))
+    save_coder(sparse.make_coder(sae_cfg), tmp_path / "sae")
     for ts in (load_transcoders(tmp_path), as_transcoders(coders)):  # files (SAE skipped) and objects
-        assert len(ts) == gpt2.n_layers and ts[0].hook_in == "blocks.0.hook_resid_mid" and ts[0].W_skip is not None
+        assert len(ts) == gpt2.n_layers and ts[0].hook_in == hook_name("resid_mid", 0) and ts[0].W_skip is not None
         x = torch.randn(5, gpt2.d_model)
         with torch.no_grad():
             assert torch.allclose(ts[1].encode(x), coders[1].encode(x), atol=1e-5)
             assert torch.allclose(ts[1].decode(ts[1].encode(x), x), coders[1](x), atol=1e-5)
     g = attribute(gpt2, load_transcoders(tmp_path), PROMPT, cfg=GraphConfig(max_feature_nodes=12, batch_size=12))
     assert (_sum_error(g) <= 1e-3).all()
-    m, p = intervention_effects(gpt2, load_transcoders(tmp_path), g, list(range(0, g.n_features, 3)) + [g.token_start + 2])
+    nodes = list(range(0, g.n_features, 3)) + [g.token_start + 2]
+    m, p = intervention_effects(gpt2, load_transcoders(tmp_path), g, nodes)
     assert torch.allclose(m, p, atol=1e-3, rtol=1e-4)

@@ -327,7 +327,7 @@ def _flat(iv: Intervention) -> list[Intervention]:
 def _absolute(interventions: Sequence[Intervention], prompt_len: int) -> list[Intervention]:
     """Interventions with non-negative positions (negative ones count back from the prompt's end)."""
     out = []
-    for iv in (x for iv in interventions for x in _flat(iv)):
+    for iv in (x for group in interventions for x in _flat(group)):
         if iv.positions is not None:
             pos = tuple(int(p) + prompt_len if p < 0 else int(p) for p in iv.positions)
             bad = [p for p, q in zip(iv.positions, pos) if q < 0]

@@ -33,15 +33,9 @@ def _module(bridge, path: str):
     return mod
 
 
-def norm_paths(bridge, include_final: bool = False) -> list[str]:
-    """Module paths of every norm with a scale hook (``blocks.0.ln1``, ..., ``ln_final``)."""
-    out = [k[: -len(".hook_scale")] for k in bridge.hook_dict if k.endswith(".hook_scale")]
-    out = list(dict.fromkeys(out))
-    return [p for p in out if include_final or p != "ln_final"]
-
-
 def norm_params(bridge, path: str) -> NormParams:
-    """The norm's epsilon, kind, gain and bias (read from the loaded module)."""
+    """The norm's epsilon, kind, gain and bias, probed from the loaded module at ``path`` (the
+    generic adapter's fallback; methods ask ``model.adapter.norm(name, layer)``)."""
     ln = _module(bridge, path)
     comp = ln.original_component
     eps = getattr(comp, "eps", None) or getattr(comp, "variance_epsilon", None) or 1e-5

@@ -8,9 +8,9 @@ attribution graphs does not depend on transcoder quality; scores do.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
-from circuitlab.graphs.transcoders import READ_HOOK, TranscoderSet
+from circuitlab.graphs.transcoders import READ_SITE, TranscoderSet
 from circuitlab.sparse.quick import fit_coders
 from circuitlab.sparse.transcoder import transcoder_config
 
@@ -33,14 +33,16 @@ class FitConfig:
     """Adam learning rate."""
     skip: bool = False
     """Add a linear skip connection (fitted jointly)."""
-    read: str = READ_HOOK
-    """Read-site template (``blocks.{layer}.ln2.hook_out`` or ``blocks.{layer}.hook_resid_mid``)."""
+    read: str = READ_SITE
+    """Read site: a hook point (``ln2.out``, ``resid_mid``) or a hook-name template with ``{layer}``."""
     seed: int = 0
     """Initialisation seed of every layer's coder."""
 
 
-def fit_transcoders(model, prompts: Sequence[str], cfg: FitConfig = FitConfig()) -> TranscoderSet:
-    """Fit one transcoder per layer on the MLP input/output of ``prompts`` (BOS excluded)."""
+def fit_transcoders(model, prompts: Sequence[str], cfg: Optional[FitConfig] = None) -> TranscoderSet:
+    """Fit one transcoder per layer on the MLP input/output of ``prompts`` (BOS excluded;
+    default config: ``FitConfig()``)."""
+    cfg = cfg or FitConfig()
     configs = [transcoder_config(cfg.arch, l, model.d_model, cfg.n_features, skip=cfg.skip, hook_in=cfg.read,
                                  seed=cfg.seed, **cfg.fields) for l in range(model.n_layers)]
     coders = fit_coders(model, list(prompts), configs, steps=cfg.steps, lr=cfg.lr)

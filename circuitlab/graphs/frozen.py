@@ -10,29 +10,35 @@ compute bias contributions. The engine attaches them (callers pass them to ``run
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-from circuitlab.engine.norms import apply_norm, norm_params, norm_scale
+from circuitlab.engine.norms import apply_norm, norm_scale
+from circuitlab.engine.sites import hook_name
+
+Norm = tuple[str, Optional[int]]
+"""A norm as (name, layer): ``('ln1', 3)``, ``('ln_final', None)`` (see ``Adapter.norms``)."""
 
 
-def record_scale_hooks(bridge, paths: list[str], store: dict) -> list:
-    """Hooks that store each norm's scale on the current run (``store[path]`` [B, T, 1])."""
+def record_scale_hooks(model, norms: list[Norm], store: dict) -> list:
+    """Hooks that store each norm's scale on the current run (``store[(name, layer)]`` [B, T, 1])."""
     hooks = []
-    for path in paths:
-        p = norm_params(bridge, path)
+    for name, layer in norms:
+        p = model.adapter.norm(name, layer)
 
-        def fn(x, path=path, p=p):
-            store[path] = norm_scale(p, x).detach()
+        def fn(x, key=(name, layer), p=p):
+            store[key] = norm_scale(p, x).detach()
 
-        hooks.append((f"{path}.hook_in", fn))
+        hooks.append((hook_name(f"{name}.in", layer), fn))
     return hooks
 
 
-def frozen_norm_hooks(bridge, scales: dict[str, torch.Tensor]) -> list:
-    """Hooks making each norm in ``scales`` divide by its cached scale ([1 or B, T, 1])."""
+def frozen_norm_hooks(model, scales: dict[Norm, torch.Tensor]) -> list:
+    """Hooks making each norm in ``scales`` (by (name, layer)) divide by its cached scale ([1 or B, T, 1])."""
     hooks = []
-    for path, scale in scales.items():
-        p = norm_params(bridge, path)
+    for (name, layer), scale in scales.items():
+        p = model.adapter.norm(name, layer)
         box: dict = {}
 
         def take(x, box=box):
@@ -41,16 +47,16 @@ def frozen_norm_hooks(bridge, scales: dict[str, torch.Tensor]) -> list:
         def out(y, box=box, p=p, scale=scale):
             return apply_norm(p, box.pop("x"), scale.to(y.device)).to(y.dtype)
 
-        hooks += [(f"{path}.hook_in", take), (f"{path}.hook_out", out)]
+        hooks += [(hook_name(f"{name}.in", layer), take), (hook_name(f"{name}.out", layer), out)]
     return hooks
 
 
 def frozen_pattern_hooks(patterns: dict[int, torch.Tensor]) -> list:
-    """Hooks replacing ``blocks.{l}.attn.hook_pattern`` by the cached pattern ([1, H, T, T])."""
+    """Hooks replacing each layer's attention pattern by the cached one ([1, H, T, T])."""
     def make(pat):
         def fn(y):
             return pat.to(device=y.device, dtype=y.dtype).expand_as(y)
 
         return fn
 
-    return [(f"blocks.{l}.attn.hook_pattern", make(p)) for l, p in patterns.items()]
+    return [(hook_name("pattern", l), make(p)) for l, p in patterns.items()]

@@ -19,8 +19,9 @@ from typing import Optional, Sequence
 import torch
 
 from circuitlab.engine.forward import run_to_final
-from circuitlab.engine.norms import apply_norm, norm_params, norm_paths, norm_scale
-from circuitlab.graphs.frozen import frozen_norm_hooks, frozen_pattern_hooks, record_scale_hooks
+from circuitlab.engine.norms import apply_norm, norm_scale
+from circuitlab.engine.sites import hook_name
+from circuitlab.graphs.frozen import Norm, frozen_norm_hooks, frozen_pattern_hooks, record_scale_hooks
 from circuitlab.graphs.transcoders import TranscoderSet
 from circuitlab.methods.relp_rules import norm_rule_hooks
 from circuitlab.models.weights import W_U, b_U
@@ -47,8 +48,8 @@ class CleanRun:
     """[T]."""
     embed: torch.Tensor
     """[T, d] token embeddings (``hook_embed``): the token nodes' vectors."""
-    scales: dict[str, torch.Tensor]
-    """Block norm path -> [1, T, 1] frozen scale."""
+    scales: dict[Norm, torch.Tensor]
+    """Block norm (name, layer) -> [1, T, 1] frozen scale."""
     final_scale: torch.Tensor
     """[1, T, 1] scale of the final norm."""
     patterns: dict[int, torch.Tensor]
@@ -84,10 +85,9 @@ def demeaned_unembed(model, token_ids: Sequence[int]) -> tuple[torch.Tensor, tor
 
 def clean_run(model, transcoders: TranscoderSet, tokens: torch.Tensor, exclude_bos: bool = True) -> CleanRun:
     """Run ``tokens`` [T] once and cache the replacement model's constants."""
-    bridge = model.bridge
     L = model.n_layers
     tokens = tokens.reshape(1, -1).to(model.device)
-    paths = norm_paths(bridge)
+    norms = model.adapter.norms()
     store: dict = {}
     scales: dict = {}
 
@@ -97,12 +97,12 @@ def clean_run(model, transcoders: TranscoderSet, tokens: torch.Tensor, exclude_b
 
         return fn
 
-    names = ["hook_embed"] + [f"blocks.{l}.attn.hook_pattern" for l in range(L)]
+    names = [hook_name("embed")] + [hook_name("pattern", l) for l in range(L)]
     names += [t.hook_in for t in transcoders.layers] + [t.hook_out for t in transcoders.layers]
-    hooks = record_scale_hooks(bridge, paths, scales) + [(n, keep(n)) for n in dict.fromkeys(names)]
+    hooks = record_scale_hooks(model, norms, scales) + [(n, keep(n)) for n in dict.fromkeys(names)]
     with torch.no_grad():
         resid = run_to_final(model, tokens, hooks)[0].float()
-    fin = norm_params(bridge, "ln_final")
+    fin = model.adapter.norm("ln_final")
     final_scale = norm_scale(fin, resid)[None]
     Wu, bu = _unembed_parts(model)
     logits = apply_norm(fin, resid[-1], final_scale[0, -1]) @ Wu + bu
@@ -119,9 +119,10 @@ def clean_run(model, transcoders: TranscoderSet, tokens: torch.Tensor, exclude_b
         pres.append(h)
         acts.append(a)
         errs.append(y - t.decode(a, x))
-    return CleanRun(tokens=tokens[0], embed=store["hook_embed"][0].float(), scales=scales, final_scale=final_scale,
-                    patterns={l: store[f"blocks.{l}.attn.hook_pattern"] for l in range(L)}, reads=reads,
-                    mlp_out=outs, pre=pres, acts=acts, errors=torch.stack(errs), resid_final=resid, logits=logits)
+    return CleanRun(tokens=tokens[0], embed=store[hook_name("embed")][0].float(), scales=scales,
+                    final_scale=final_scale, patterns={l: store[hook_name("pattern", l)] for l in range(L)},
+                    reads=reads, mlp_out=outs, pre=pres, acts=acts, errors=torch.stack(errs), resid_final=resid,
+                    logits=logits)
 
 
 def _read_values(model, transcoders: TranscoderSet, clean: CleanRun, reads: list, resid: torch.Tensor,
@@ -134,7 +135,7 @@ def _read_values(model, transcoders: TranscoderSet, clean: CleanRun, reads: list
     n = len(targets)
     pairs = rows is not None
     out = torch.zeros(n if pairs else (R, n), device=resid.device)
-    fin = norm_params(model.bridge, "ln_final")
+    fin = model.adapter.norm("ln_final")
     by_layer: dict[int, list[int]] = {}
     logit_idx = []
     for i, t in enumerate(targets):
@@ -204,8 +205,8 @@ def read_gradients(model, transcoders: TranscoderSet, clean: CleanRun, targets: 
 
         return fn
 
-    hooks = [("hook_embed", leaf("embed"))] + norm_rule_hooks(model)  # RelP's LN rule: scales stop-gradient
-    hooks += [(f"blocks.{l}.attn.hook_pattern", lambda y: y.detach()) for l in range(model.n_layers)]
+    hooks = [(hook_name("embed"), leaf("embed"))] + norm_rule_hooks(model)  # RelP's LN rule: scales stop-gradient
+    hooks += [(hook_name("pattern", l), lambda y: y.detach()) for l in range(model.n_layers)]
     for l, tc in enumerate(transcoders.layers):
         hooks += [(tc.hook_in, read(l)), (tc.hook_out, write(l))]
     with torch.enable_grad():
@@ -227,7 +228,6 @@ def frozen_run(model, transcoders: TranscoderSet, clean: CleanRun, targets: Sequ
     (per layer [R, T, d] or None) is added to each MLP output, which is otherwise held at its
     clean value (the skip path recomputed live). ``bias_only``: every source removed (embeddings
     zero, features and errors zero), leaving only bias contributions. Returns [R, n_targets]."""
-    bridge = model.bridge
     R = 1 if embed is None else embed.shape[0]
     if mlp_delta is not None:
         R = max(R, max((d.shape[0] for d in mlp_delta if d is not None), default=1))
@@ -259,7 +259,8 @@ def frozen_run(model, transcoders: TranscoderSet, clean: CleanRun, targets: Sequ
 
         return fn
 
-    hooks = [("hook_embed", set_embed)] + frozen_norm_hooks(bridge, clean.scales) + frozen_pattern_hooks(clean.patterns)
+    hooks = [(hook_name("embed"), set_embed)] + frozen_norm_hooks(model, clean.scales)
+    hooks += frozen_pattern_hooks(clean.patterns)
     for l, tc in enumerate(transcoders.layers):
         hooks += [(tc.hook_in, read(l)), (tc.hook_out, write(l))]
     with torch.no_grad():

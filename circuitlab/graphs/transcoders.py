@@ -20,11 +20,12 @@ from typing import Optional, Sequence
 from circuitlab.sparse.base import SparseCoder
 from circuitlab.sparse.bundled import search_folders
 from circuitlab.sparse.files import CFG_FILE, load_coder, load_config, save_coder
+from circuitlab.engine.sites import hook_name, parse_hook
 from circuitlab.sparse.splice import site_layer
 
-READ_HOOK = "blocks.{layer}.ln2.hook_out"
+READ_SITE = "ln2.out"
 """Default read site of quick transcoders (``graphs.fit``): the MLP's input after its norm."""
-WRITE_HOOK = "blocks.{layer}.hook_mlp_out"
+WRITE_SITE = "mlp_out"
 """Write site: the MLP's output joining the residual stream."""
 
 
@@ -37,8 +38,8 @@ def _check(coder: SparseCoder) -> int:
         raise ValueError(f"a {coder.cfg.arch} coder with {coder.cfg.n_sources} source(s) cannot be a graph's "
                          "transcoder: use one reading one site with its own encoder (relu, topk, batchtopk, jumprelu)")
     layer = site_layer(coder.hook_out)
-    if coder.hook_out != WRITE_HOOK.format(layer=layer):
-        raise ValueError(f"layer {layer}: transcoders must write {WRITE_HOOK.format(layer=layer)}, "
+    if coder.hook_out != hook_name(WRITE_SITE, layer):
+        raise ValueError(f"layer {layer}: transcoders must write {hook_name(WRITE_SITE, layer)}, "
                          f"got {coder.hook_out}")
     return layer
 
@@ -93,7 +94,8 @@ def as_transcoders(obj, name: str = "transcoders") -> TranscoderSet:
 
 def _writes_mlp_out(folder: Path) -> bool:
     try:
-        return load_config(folder).hook_out_.endswith("hook_mlp_out")
+        parsed = parse_hook(load_config(folder).hook_out_)
+        return parsed is not None and parsed[0] == WRITE_SITE
     except (OSError, ValueError, KeyError):
         return False
 
@@ -109,7 +111,7 @@ def load_transcoders(folder: str | Path, name: Optional[str] = None) -> Transcod
         raise FileNotFoundError(f"{folder}: no per-layer transcoder folders (cfg.json + sae_weights.safetensors)")
     subs = [p for p in subs if _writes_mlp_out(p)]  # skip SAEs and other coders sharing the folder
     if not subs:
-        raise FileNotFoundError(f"{folder}: no transcoder writing blocks.L.hook_mlp_out")
+        raise FileNotFoundError(f"{folder}: no transcoder writing an MLP's output ({WRITE_SITE})")
     return TranscoderSet([load_coder(p) for p in subs], name=name or folder.name, sources=[str(p) for p in subs])
 
 

@@ -19,6 +19,7 @@ from typing import Any, Optional
 from circuitlab.data import check as check_data
 from circuitlab.sparse import validate as v
 from circuitlab.sparse.base import CoderConfig, config_class
+from circuitlab.sparse.splice import site_hook
 from circuitlab.sparse.trainer import TrainConfig
 
 
@@ -105,13 +106,15 @@ class CoderSection:
     kind: str = "sae"
     """sae (reconstruct a site), transcoder (MLP input -> MLP output) or crosscoder."""
     arch: str = "topk"
-    """Architecture: relu, topk, batchtopk, jumprelu, mpsae (matching pursuit; kind = "sae" only)."""
+    """Architecture: a registered name (circuitlab.sparse.ARCHITECTURES; --show-config lists each with
+    its fields)."""
     layer: int = 0
     """Layer of the site (sae, transcoder, and crosscoders across models/checkpoints)."""
     layers: list = field(default_factory=list)
     """Crosscoder across layers: one source per layer."""
     hook: str = ""
-    """Site hook template, {layer} is substituted (default: blocks.{layer}.hook_resid_post)."""
+    """Site: a hook point (resid_post, resid_mid, ln2.out ...; see circuitlab.engine.sites.HOOKS) or a
+    hook-name template with {layer} substituted (default: resid_post; transcoders read resid_mid)."""
     models: list = field(default_factory=list)
     """Crosscoder across models or checkpoints: one model folder per source."""
     expansion: int = 8
@@ -271,21 +274,21 @@ def coder_config(sec: CoderSection, fields: dict, d_model: int, default_model: s
     check_coder_fields(f"[[coder]] {sec.name or sec.arch} (d_sae = {d_sae})", fields, d_sae)
     cls = config_class(sec.arch)
     if sec.kind == "sae":
-        hook = (sec.hook or "blocks.{layer}.hook_resid_post").format(layer=sec.layer)
+        hook = site_hook(sec.hook or "resid_post", sec.layer)
         models = tuple(sec.models) or (default_model,)
         return cls(d_in=d_model, d_sae=d_sae, hooks_in=(hook,), models=models[:1], **fields)
     if sec.kind == "transcoder":
         fields = {"skip": True, **fields}
-        hin = (sec.hook or "blocks.{layer}.hook_resid_mid").format(layer=sec.layer)
+        hin = site_hook(sec.hook or "resid_mid", sec.layer)
         return cls(d_in=d_model, d_sae=d_sae, d_out=d_model, hooks_in=(hin,),
-                   hooks_out=(f"blocks.{sec.layer}.hook_mlp_out",), models=(tuple(sec.models) or (default_model,))[:1],
-                   **fields)
-    hook = sec.hook or "blocks.{layer}.hook_resid_post"
+                   hooks_out=(site_hook("mlp_out", sec.layer),),
+                   models=(tuple(sec.models) or (default_model,))[:1], **fields)
+    hook = sec.hook or "resid_post"
     if sec.layers:
-        hooks = tuple(hook.format(layer=l) for l in sec.layers)
+        hooks = tuple(site_hook(hook, l) for l in sec.layers)
         models = (tuple(sec.models) or (default_model,))[:1]
     elif sec.models:
-        hooks = (hook.format(layer=sec.layer),) * len(sec.models)
+        hooks = (site_hook(hook, sec.layer),) * len(sec.models)
         models = tuple(sec.models)
     else:
         raise ValueError("a crosscoder needs layers = [...] or models = [...] (one source each)")

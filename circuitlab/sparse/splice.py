@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 
 from circuitlab.engine.hooks import scoped_hooks, temporary_hook_points
-from circuitlab.engine.sites import hook_name, parse_hook
+from circuitlab.engine.sites import HOOKS, hook_name, parse_hook
 from circuitlab.sparse.base import SparseCoder
 
 _ANY_BLOCK = re.compile(r"blocks\.(\d+)\.")
@@ -40,6 +40,15 @@ def site_layer(hook: str) -> int:
         raise ValueError(f"{hook!r} is not a per-block site (blocks.L.*): coders are spliced, and graphs "
                          "place transcoders, only at per-block sites")
     return int(m.group(1))
+
+
+def site_hook(site: str, layer: int) -> str:
+    """The hook name of a coder's site at ``layer``: ``site`` is a hook point (``resid_mid``,
+    ``ln2.out``, any name of ``engine.sites.HOOKS``) or a hook-name template with ``{layer}``
+    (a coder file's or a user's own spelling, taken as given)."""
+    if site in HOOKS:
+        return hook_name(site, layer if "{layer}" in HOOKS[site] else None)
+    return site.format(layer=layer)
 
 
 @dataclass
