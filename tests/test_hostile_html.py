@@ -181,7 +181,10 @@ def test_probe_command_with_hostile_concept_label(gpt2, tiny_dir, tmp_path):
     page_file(pages["hostile"])
     data = inlined_data(pages["hostile"].read_text(encoding="utf-8"))
     labels = {g["label"] for g in data["groups"]}
-    assert labels and labels <= {HOSTILE[0], HOSTILE[1]}
+    # the hostile concept labels arrive intact (escaped in the page, exact in its data); any other
+    # supernode is the prediction's own "Say ..." node, whichever ones the quick transcoders produce
+    assert labels & {HOSTILE[0], HOSTILE[1]}
+    assert all(label in HOSTILE[:2] or label.startswith("Say ") for label in labels)
 
 
 # ---------------------------------------------------------------------------- reports
