@@ -56,8 +56,9 @@ def run(model, tcs, records, max_feature_nodes: int = 1000) -> dict:
         summary["coherence"][method] = {k: _mean([p["coherence"].get(method, {}).get(k, float("nan")) for p in per])
                                         for k in ("peak_consistency", "activation_similarity", "groups")}
     pp = summary["coherence"]["probe prompting"]
-    for method, v in summary["coherence"].items():
-        v["peak_ratio_probe_over_this"] = pp["peak_consistency"] / v["peak_consistency"] if v["peak_consistency"] else float("nan")
+    for v in summary["coherence"].values():
+        v["peak_ratio_probe_over_this"] = (pp["peak_consistency"] / v["peak_consistency"]
+                                           if v["peak_consistency"] else float("nan"))
         v["similarity_ratio_probe_over_this"] = (pp["activation_similarity"] / v["activation_similarity"]
                                                  if v["activation_similarity"] else float("nan"))
     layers = sorted({l for p in per for l in p["transfer"]["by_layer"]}, key=int)

@@ -125,9 +125,10 @@ class _Rows:
 
 
 def attribute(model, transcoders, prompt: str | torch.Tensor, target=None,
-              cfg: GraphConfig = GraphConfig()) -> Graph:
+              cfg: Optional[GraphConfig] = None) -> Graph:
     """The attribution graph of ``prompt`` (text or [T] tokens) for ``target`` (token text/id or a
-    list of them; default: top tokens up to ``cfg.logit_prob``)."""
+    list of them; default: top tokens up to ``cfg.logit_prob``; default config ``GraphConfig()``)."""
+    cfg = cfg or GraphConfig()
     t_start = time.perf_counter()
     tcs = as_transcoders(transcoders)
     tcs.check(model)

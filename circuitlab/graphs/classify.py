@@ -46,15 +46,17 @@ class ClassifyConfig:
         return early, late
 
 
-def classify(sig: Signature, n_layers: int, cfg: ClassifyConfig = ClassifyConfig()) -> tuple[str, str]:
-    """(class, the rule that fired)."""
+def classify(sig: Signature, n_layers: int, cfg: Optional[ClassifyConfig] = None) -> tuple[str, str]:
+    """(class, the rule that fired); default config ``ClassifyConfig()``."""
+    cfg = cfg or ClassifyConfig()
     func = cfg.functional if cfg.functional is not None else functional_words()
     early, late = cfg.cutoffs(n_layers)
     fshare = sig.functional_share(func)
     if sig.peak_consistency >= cfg.peak_consistency and sig.n_distinct_peaks <= cfg.max_distinct_peaks:
         return "Semantic", f"peak_consistency {sig.peak_consistency:.2f} >= {cfg.peak_consistency}, one peak token"
     if sig.func_vs_sem(func) >= cfg.func_vs_sem and fshare >= cfg.functional_share and sig.layer >= late:
-        return "Say X", f"func_vs_sem {sig.func_vs_sem(func):.0f}, functional share {fshare:.2f}, layer {sig.layer} >= {late}"
+        return "Say X", (f"func_vs_sem {sig.func_vs_sem(func):.0f}, functional share {fshare:.2f}, "
+                         f"layer {sig.layer} >= {late}")
     if sig.fired and sig.median_sparsity < cfg.relationship_sparsity:
         return "Relationship", f"median sparsity {sig.median_sparsity:.2f} < {cfg.relationship_sparsity}"
     if sig.layer < early or (sig.fired and 1 - fshare >= cfg.semantic_share):

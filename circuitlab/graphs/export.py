@@ -47,7 +47,8 @@ def node_record(graph: Graph, i: int, influence: Optional[float] = None, clerp: 
         return {**base, "node_id": f"E_{v}_{p}", "feature": p, "layer": "E", "ctx_idx": p,
                 "feature_type": "embedding", "jsNodeId": f"E_{v}-{p}"}
     j = i - graph.logit_start
-    v, prob, layer, pos = int(graph.logit_tokens[j]), float(graph.logit_probs[j]), str(graph.n_layers + 1), graph.n_pos - 1
+    v, prob = int(graph.logit_tokens[j]), float(graph.logit_probs[j])
+    layer, pos = str(graph.n_layers + 1), graph.n_pos - 1
     return {**base, "node_id": f"{layer}_{v}_{pos}", "feature": v, "layer": layer, "ctx_idx": pos,
             "feature_type": "logit", "token_prob": prob, "is_target_logit": j == 0, "jsNodeId": f"L_{v}-{pos}",
             "clerp": f'Output "{graph.logit_strs[j]}" (p={prob:.3f})', "influence": None}

@@ -26,7 +26,8 @@ def page_nodes(graph: Graph, pruned: Pruned) -> tuple[list[int], list[tuple[int,
     """(kept node indices, kept edges (src, dst, weight) between them), as the JSON export keeps them."""
     kept = set(pruned.node_mask.nonzero()[:, 0].tolist())
     dst, src = pruned.edge_mask.nonzero(as_tuple=True)
-    edges = [(s, d, float(graph.adjacency[d, s])) for d, s in zip(dst.tolist(), src.tolist()) if s in kept and d in kept]
+    edges = [(s, d, float(graph.adjacency[d, s])) for d, s in zip(dst.tolist(), src.tolist())
+             if s in kept and d in kept]
     used = {s for s, _, _ in edges} | {d for _, d, _ in edges}
     nodes = [i for i in sorted(kept) if i in used or graph.kind(i) in ("token", "logit")]
     return nodes, edges
@@ -77,7 +78,8 @@ def graph_figure(graph: Graph, pruned: Optional[Pruned] = None, supernodes: Sequ
     mx = max(infl) if infl and max(infl) > 0 else 1.0
     fig.add_trace(go.Scatter(
         x=[xy[i][0] for i in nodes], y=[xy[i][1] for i in nodes], mode="markers", name="nodes",
-        marker=dict(size=[8 + 14 * (v / mx) if graph.kind(i) in ("feature", "error") else 14 for i, v in zip(nodes, infl)],
+        marker=dict(size=[8 + 14 * (v / mx) if graph.kind(i) in ("feature", "error") else 14
+                          for i, v in zip(nodes, infl)],
                     color=[COLORS[graph.kind(i)] for i in nodes], symbol=[
                         {"feature": "circle", "error": "diamond", "token": "square", "logit": "star"}[graph.kind(i)]
                         for i in nodes], line=dict(width=1, color="white"), opacity=[1.0] * len(nodes)),
@@ -91,7 +93,8 @@ def graph_figure(graph: Graph, pruned: Optional[Pruned] = None, supernodes: Sequ
         if not m:
             continue
         groups.append({"label": label, "ids": [graph.node_id(i) for i in m]})
-        fig.add_trace(go.Scatter(x=[xy[i][0] for i in m], y=[xy[i][1] for i in m], mode="markers", name=plot_text(label),
+        fig.add_trace(go.Scatter(x=[xy[i][0] for i in m], y=[xy[i][1] for i in m], mode="markers",
+                                 name=plot_text(label),
                                  legendgroup=f"sn{g}", hoverinfo="name",
                                  marker=dict(size=24, symbol="square-open", line=dict(width=2.5),
                                              color=palette[g % len(palette)])))
@@ -119,7 +122,10 @@ _JS = """
   function reach(start, nbr) {
     var seen = {}, stack = [start];
     seen[start] = true;
-    while (stack.length) { var v = stack.pop(); nbr[v].forEach(function(u){ if (!seen[u]) { seen[u] = true; stack.push(u); } }); }
+    while (stack.length) {
+      var v = stack.pop();
+      nbr[v].forEach(function(u){ if (!seen[u]) { seen[u] = true; stack.push(u); } });
+    }
     return seen;
   }
   function highlight(k) {

@@ -74,7 +74,8 @@ def world_concepts(prompt: str, answer: Optional[str] = None, n_probes: int = 6,
     out = []
     subject_is_language = c.language in words and c.name not in words
     if subject_is_language:
-        lang_t = [t for rel in T.FACT_TRAIN for t in T.FACT_TRAIN[rel] if "{language}" in t] + list(T.FACT_EXTRA_TRAIN[:1])
+        lang_t = [t for rel in T.FACT_TRAIN for t in T.FACT_TRAIN[rel] if "{language}" in t]
+        lang_t += list(T.FACT_EXTRA_TRAIN[:1])
         out.append(Concept(c.language, "entity", f"the language {c.language}",
                            [_fill(t, c) for t in rng.sample(lang_t, min(n_probes, len(lang_t)))]))
     else:
@@ -83,14 +84,16 @@ def world_concepts(prompt: str, answer: Optional[str] = None, n_probes: int = 6,
     rel_t = list(T.FACT_TRAIN[relation])
     rel_probes = [_fill(rng.choice(rel_t), o) for o in rng.sample(others, n_probes)]
     out.append(Concept(relation, "relationship", f"the relation '{relation}'", rel_probes))
-    ans = answer.strip() if answer else getattr(c, {"continent": "continent", "language": "language"}.get(relation, "capital"))
+    attr = {"continent": "continent", "language": "language"}.get(relation, "capital")
+    ans = answer.strip() if answer else getattr(c, attr)
     ans_t = [t for t in list(T.FACT_EXTRA_TRAIN) + [f for f in T.FILLER if "{CAP}" in f] + list(T.FACT_TRAIN["capital"])
              if ("{capital}" in t or "{CAP}" in t)]
     ans_t.sort(key=lambda t: ("{country}" in t or "{CTRY}" in t, rng.random()))  # answer alone first
     probes = []
     for t in ans_t[:n_probes]:
         if "{CAP}" in t:
-            t = t.replace("{N}", rng.choice(["Mary", "John", "Anna"])).replace("{N2}", "Tom").replace("{CAP}", "{capital}")
+            t = t.replace("{N}", rng.choice(["Mary", "John", "Anna"])).replace("{N2}", "Tom")
+            t = t.replace("{CAP}", "{capital}")
             t = t.replace("{CTRY}", "{country}")
         probes.append(_fill(t, c))
     if ans == c.capital:

@@ -131,9 +131,11 @@ def transfer_rates(model, transcoders, prompt: str, units, classes, swaps: Seque
 
 def probe_prompting(model, transcoders, prompt: str, target: Optional[str] = None,
                     concepts: Optional[Sequence[Concept]] = None, swaps: Optional[Sequence[str]] = None,
-                    cfg: ProbeConfig = ProbeConfig(), graph: Optional[Graph] = None) -> ProbeResult:
+                    cfg: Optional[ProbeConfig] = None, graph: Optional[Graph] = None) -> ProbeResult:
     """Run probe prompting on ``prompt`` for ``target`` (default: the top token). Concepts and
-    swap prompts default to the zoo world's (``world_concepts`` / ``swapped_prompts``)."""
+    swap prompts default to the zoo world's (``world_concepts`` / ``swapped_prompts``); the
+    config to ``ProbeConfig()``."""
+    cfg = cfg or ProbeConfig()
     tcs = as_transcoders(transcoders)
     g = graph if graph is not None else attribute(model, tcs, prompt, target, cfg.graph)
     target = target or g.logit_strs[0]
@@ -159,7 +161,8 @@ def probe_prompting(model, transcoders, prompt: str, target: Optional[str] = Non
     k = len(probe_groups)
     peaks = [sigs[i].main_peak for i in grouped]
     patterns = torch.stack([sigs[i].vector for i in grouped]) if grouped else torch.zeros(0, 1)
-    seed_acts = feature_activations(model, tcs, [prompt], [units[i] for i in grouped])[0][1][1:].t() if grouped else None
+    seed_acts = (feature_activations(model, tcs, [prompt], [units[i] for i in grouped])[0][1][1:].t()
+                 if grouped else None)
     coh = {"probe prompting": coherence(probe_groups, peaks, patterns)}
     if grouped:
         coh["cosine clustering"] = coherence(cosine_clusters(seed_acts, k), peaks, patterns)

@@ -519,7 +519,8 @@ class Trainer:
         for n, c in self.coders.items():
             ccfg = c.cfg
             x = rows.x.float() * c.in_scale.repeat_interleave(ccfg.d_in)
-            y = None if rows.y is None or ccfg.autoencoder else rows.y.float() * c.out_scale.repeat_interleave(ccfg.d_out_)
+            y = (None if rows.y is None or ccfg.autoencoder
+                 else rows.y.float() * c.out_scale.repeat_interleave(ccfg.d_out_))
             dead = self.since_fired[n] >= self.dead_window
             opt = self.opts[n]
             opt.zero_grad(set_to_none=True)
@@ -554,7 +555,8 @@ class Trainer:
                 # FVU = recon * batch / spread, without another pass over the error.
                 f = float(out.recon) * len(yy) / float(spread(yy).clamp_min(1e-12)) if weight is None \
                     else float(fvu(yy, out.y_hat))
-                logs[n] = {"loss": float(lossv[0]), "l0": float(out.l0 if out.l0 is not None else (out.f > 0).sum(-1).float().mean()),
+                l0 = out.l0 if out.l0 is not None else (out.f > 0).sum(-1).float().mean()
+                logs[n] = {"loss": float(lossv[0]), "l0": float(l0),
                            "fvu": f, "dead": float(dead.float().mean())}
         self.step += 1
         self.tokens_seen += global_batch

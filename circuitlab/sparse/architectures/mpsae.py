@@ -28,7 +28,8 @@ Files (SAE Lens layout, ``circuitlab.sparse.files``): SAE Lens's ``matching_purs
 architecture is the same tied pursuit, and with ``max_iterations = k``, ``residual_threshold = 0``
 and ``stop_on_duplicate_support = false`` (written to cfg.json by ``lens_fields``) it runs exactly
 these k steps. The coder is ``tied``, so the weights file holds what that class loads: ``W_dec``
-[d_sae, d_in] (unit rows) and ``b_dec`` [d_in]; no ``W_enc``, no ``b_enc``. The training normalisation is folded into ``b_dec`` alone
+[d_sae, d_in] (unit rows) and ``b_dec`` [d_in]; no ``W_enc``, no ``b_enc``. The training
+normalisation is folded into ``b_dec`` alone
 (``fold_scaling``): the atoms stay unit-norm, which pursuit needs, and the latents come out in
 raw activation units.
 """
