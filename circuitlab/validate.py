@@ -55,17 +55,10 @@ def check_positive_int(what: str, value) -> None:
 
 
 def model_context(model) -> Optional[int]:
-    """The longest sequence ``model`` takes (position embeddings or RoPE table), or None if unknown."""
-    bridge = getattr(model, "bridge", model)
-    n = getattr(getattr(bridge, "cfg", None), "n_ctx", None)
-    if isinstance(n, int) and n > 0:
-        return n
-    config = getattr(getattr(bridge, "original_model", None), "config", None)
-    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
-        n = getattr(config, key, None)
-        if isinstance(n, int) and n > 0:
-            return n
-    return None
+    """The longest sequence ``model`` takes (its adapter's ``context_length``), or None if unknown
+    (also for a stand-in without an adapter, e.g. a tokenizer-only stub)."""
+    adapter = getattr(model, "adapter", None)
+    return adapter.context_length if adapter is not None else None
 
 
 def check_context(model, task) -> None:

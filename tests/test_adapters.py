@@ -126,6 +126,21 @@ def test_norm_params_reproduce_every_norm(model, tokens):
         torch.testing.assert_close(y, c[hook_name(f"{n}.out", l)].float(), atol=1e-4, rtol=1e-4, msg=f"{n} {l}")
 
 
+def test_norm_functions_are_the_model_s_own(model, tokens):
+    """Applying a norm function to a norm's input gives what the model computed (to float
+    rounding: the bridge's norm hooks compute the norm in steps of their own)."""
+    norms = model.adapter.norms(include_final=True)
+    c = capture(model, tokens, [hook_name(f"{n}.{p}", l) for n, l in norms for p in ("in", "out")])
+    with torch.no_grad():
+        for n, l in norms:
+            out = model.adapter.norm_function(n, l)(c[hook_name(f"{n}.in", l)])
+            torch.testing.assert_close(out, c[hook_name(f"{n}.out", l)], atol=1e-5, rtol=1e-5, msg=f"{n} {l}")
+
+
+def test_context_length(model):
+    assert model.adapter.context_length == 64  # every tiny model's position table (tests/tiny.py, test_gemma3.py)
+
+
 def test_positional_embedding_kind(model):
     """A learned position vector makes one token's embedding differ by position; rotary adds none."""
     same = torch.full((1, 4), 7)

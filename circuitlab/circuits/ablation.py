@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from circuitlab.circuits.edges import Readers, input_change
+from circuitlab.engine.sites import hook_name
 
 
 def replace_hook(keep: torch.Tensor, ref: torch.Tensor, K: int):
@@ -90,7 +91,7 @@ def edge_ablation_hooks(model, graph, readers: Readers, ablate: torch.Tensor, re
         def fn(act):
             if l not in state["attn"]:
                 idx = [j for j in graph.receivers_at(l) if graph.receivers[j].kind in "qkv"]
-                x = input_change(readers.attn_norm[l], state["resid"][f"blocks.{l}.hook_resid_pre"], delta(idx))
+                x = input_change(readers.attn_norm[l], state["resid"][hook_name("resid_pre", l)], delta(idx))
                 state["attn"][l] = {graph.receivers[j]: x[:, :, n] for n, j in enumerate(idx)}
             out = act.clone()
             for r, x in state["attn"][l].items():
@@ -109,13 +110,13 @@ def edge_ablation_hooks(model, graph, readers: Readers, ablate: torch.Tensor, re
     def logits_input(x):
         return x + delta([graph.receiver("logits")])[:, :, 0]
 
-    hooks = [("blocks.0.hook_resid_pre", record_embed)]
+    hooks = [(hook_name("resid_pre", 0), record_embed)]
     for l in range(L):
-        hooks.append((f"blocks.{l}.hook_resid_pre", record_resid(f"blocks.{l}.hook_resid_pre")))
+        hooks.append((hook_name("resid_pre", l), record_resid(hook_name("resid_pre", l))))
         if not readers.parallel:
             hooks.append((readers.mlp_resid(l), record_resid(readers.mlp_resid(l))))
-        hooks += [(f"blocks.{l}.attn.hook_{k}", attn_input(l, k)) for k in "qkv"]
-        hooks += [(f"blocks.{l}.attn.hook_z", record_z(l)), (f"blocks.{l}.mlp.hook_in", mlp_input(l)),
-                  (f"blocks.{l}.hook_mlp_out", record_mlp(l))]
-    hooks.append(("ln_final.hook_in", logits_input))
+        hooks += [(hook_name(k, l), attn_input(l, k)) for k in "qkv"]
+        hooks += [(hook_name("heads", l), record_z(l)), (hook_name("mlp_in", l), mlp_input(l)),
+                  (hook_name("mlp_out", l), record_mlp(l))]
+    hooks.append((hook_name("ln_final.in"), logits_input))
     return hooks

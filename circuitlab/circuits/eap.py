@@ -24,6 +24,7 @@ from circuitlab.circuits.graph import ComponentGraph, component_graph
 from circuitlab.circuits.scores import EdgeScores, make_scores
 from circuitlab.engine.cache import capture
 from circuitlab.engine.forward import metric_per_prompt
+from circuitlab.engine.sites import hook_name
 from circuitlab.methods.registry import edge_method
 from circuitlab.result import Cost
 
@@ -81,8 +82,9 @@ def eap_ig(model, task, direction: str = "denoising", steps: int = 8, per_positi
     base, src = task.base_and_source(direction)
     B, T = base.shape
     delta = sender_writes(model, src, readers) - sender_writes(model, base, readers)
-    e_base = capture(model, base, ["hook_embed"])["hook_embed"]
-    e_src = capture(model, src, ["hook_embed"])["hook_embed"]
+    embed = hook_name("embed")
+    e_base = capture(model, base, [embed])[embed]
+    e_src = capture(model, src, [embed])[embed]
     alphas = (torch.arange(1, steps + 1, device=base.device, dtype=e_base.dtype) / steps).repeat_interleave(B)
 
     def interpolate(x):

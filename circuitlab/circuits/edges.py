@@ -26,6 +26,8 @@ import torch
 
 from circuitlab.engine.cache import capture
 from circuitlab.engine.gradients import forward_for_grads
+from circuitlab.engine.sites import hook_name
+from circuitlab.models import weights
 
 
 @dataclass
@@ -43,35 +45,40 @@ class Readers:
 
     @staticmethod
     def of(model) -> "Readers":
-        b = model.bridge
-        W = []
-        for l in range(model.n_layers):
-            a = b.blocks[l].attn
-            W.append({"q": a.W_Q.detach(), "k": a.W_K.detach(), "v": a.W_V.detach()})
-        W_O = torch.stack([b.blocks[l].attn.W_O.detach() for l in range(model.n_layers)])
-        attn_norm = [b.blocks[l].ln1.original_component for l in range(model.n_layers)]
-        mlp_norm = [b.blocks[l].ln2.original_component for l in range(model.n_layers)]
-        return Readers(W, W_O, attn_norm, mlp_norm, bool(model.parallel_attn_mlp))
+        L = range(model.n_layers)
+        W_Q, W_K, W_V = weights.W_Q(model), weights.W_K(model), weights.W_V(model)
+        W = [{"q": W_Q[l], "k": W_K[l], "v": W_V[l]} for l in L]
+        attn_norm = [model.adapter.norm_function("ln1", l) for l in L]
+        mlp_norm = [model.adapter.norm_function("ln2", l) for l in L]
+        return Readers(W, weights.W_O(model), attn_norm, mlp_norm, bool(model.parallel_attn_mlp))
 
     def mlp_resid(self, layer: int) -> str:
         """The hook holding the residual an MLP reads (before its norm)."""
-        return f"blocks.{layer}.hook_resid_pre" if self.parallel else f"blocks.{layer}.hook_resid_mid"
+        return hook_name("resid_pre" if self.parallel else "resid_mid", layer)
+
+
+def receiver_hook(receiver) -> str:
+    """The hook a receiver's input is read and overridden at: q/k/v of its head (per-head
+    projections of the normalised residual), the MLP's normalised input, the final norm's input."""
+    if receiver.kind == "logits":
+        return hook_name("ln_final.in")
+    return hook_name("mlp_in" if receiver.kind == "mlp" else receiver.kind, receiver.layer)
 
 
 def sender_hooks(model) -> list[str]:
-    names = ["blocks.0.hook_resid_pre"]
+    names = [hook_name("resid_pre", 0)]
     for l in range(model.n_layers):
-        names += [f"blocks.{l}.attn.hook_z", f"blocks.{l}.hook_mlp_out"]
+        names += [hook_name("heads", l), hook_name("mlp_out", l)]
     return names
 
 
 def writes_from_cache(model, readers: Readers, cache: dict[str, torch.Tensor]) -> torch.Tensor:
     """[B, T, senders, d_model] in graph order: embed, then per layer its heads and its MLP."""
-    parts = [cache["blocks.0.hook_resid_pre"][:, :, None]]
+    parts = [cache[hook_name("resid_pre", 0)][:, :, None]]
     for l in range(model.n_layers):
-        z = cache[f"blocks.{l}.attn.hook_z"]
+        z = cache[hook_name("heads", l)]
         parts.append(torch.einsum("bthe,hed->bthd", z, readers.W_O[l].to(z.dtype)))
-        parts.append(cache[f"blocks.{l}.hook_mlp_out"][:, :, None])
+        parts.append(cache[hook_name("mlp_out", l)][:, :, None])
     return torch.cat(parts, 2)
 
 
@@ -102,27 +109,29 @@ def receiver_grads(model, graph, tokens: torch.Tensor, metric, readers: Optional
     """Gradients of the metric at every receiver's input from one forward and one backward."""
     readers = readers or Readers.of(model)
     L = model.n_layers
+    final = hook_name("ln_final.in")
     names = []
     for l in range(L):
-        names += [f"blocks.{l}.hook_resid_pre", readers.mlp_resid(l), f"blocks.{l}.attn.hook_q",
-                  f"blocks.{l}.attn.hook_k", f"blocks.{l}.attn.hook_v", f"blocks.{l}.mlp.hook_in"]
-    names.append("ln_final.hook_in")
+        names += [hook_name("resid_pre", l), readers.mlp_resid(l)]
+        names += [hook_name(p, l) for p in ("q", "k", "v", "mlp_in")]
+    names.append(final)
     names = list(dict.fromkeys(names))
     run = forward_for_grads(model, tokens, metric, names, embed_hook=embed_hook, copies=copies)
     g = run.grads()
     a = {k: v.detach() for k, v in run.acts.items()}
-    N, T, d = a["ln_final.hook_in"].shape
-    out = torch.zeros(N, T, len(graph.receivers), d, dtype=g["ln_final.hook_in"].dtype, device=tokens.device)
+    N, T, d = a[final].shape
+    out = torch.zeros(N, T, len(graph.receivers), d, dtype=g[final].dtype, device=tokens.device)
     for l in range(L):
         idx = graph.receivers_at(l)
         kinds = [graph.receivers[j] for j in idx]
         attn = [(j, r) for j, r in zip(idx, kinds) if r.kind in "qkv"]
-        gout = torch.stack([g[f"blocks.{l}.attn.hook_{r.kind}"][:, :, r.head] @ readers.W[l][r.kind][r.head].T.to(g["ln_final.hook_in"].dtype)
+        gout = torch.stack([g[hook_name(r.kind, l)][:, :, r.head] @ readers.W[l][r.kind][r.head].T.to(g[final].dtype)
                             for _, r in attn], 2)
-        out[:, :, [j for j, _ in attn]] = norm_vjp(readers.attn_norm[l], a[f"blocks.{l}.hook_resid_pre"], gout)
+        out[:, :, [j for j, _ in attn]] = norm_vjp(readers.attn_norm[l], a[hook_name("resid_pre", l)], gout)
         jm = [j for j, r in zip(idx, kinds) if r.kind == "mlp"][0]
-        out[:, :, jm] = norm_vjp(readers.mlp_norm[l], a[readers.mlp_resid(l)], g[f"blocks.{l}.mlp.hook_in"][:, :, None])[:, :, 0]
-    out[:, :, graph.receiver("logits")] = g["ln_final.hook_in"]
+        g_mlp = g[hook_name("mlp_in", l)][:, :, None]
+        out[:, :, jm] = norm_vjp(readers.mlp_norm[l], a[readers.mlp_resid(l)], g_mlp)[:, :, 0]
+    out[:, :, graph.receiver("logits")] = g[final]
     return ReceiverGrads(out, float(run.value.detach()), run.per_prompt)
 
 

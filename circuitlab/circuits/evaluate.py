@@ -23,6 +23,7 @@ from circuitlab.circuits.edges import Readers, sender_hooks, writes_from_cache
 from circuitlab.circuits.graph import ComponentGraph, component_graph
 from circuitlab.engine.cache import capture
 from circuitlab.engine.forward import final_logits, gather_positions, run_to_final
+from circuitlab.engine.sites import hook_name
 from circuitlab.result import atomic_write, result_files
 
 ABLATIONS = ("resample", "mean")
@@ -48,7 +49,8 @@ class AblationConfig:
 class Evaluator:
     """The reference values and baselines for evaluating many circuits on one task."""
 
-    def __init__(self, model, task, ablation: AblationConfig | str = "resample", graph: Optional[ComponentGraph] = None):
+    def __init__(self, model, task, ablation: AblationConfig | str = "resample",
+                 graph: Optional[ComponentGraph] = None):
         self.model, self.task = model, task
         self.cfg = AblationConfig(ablation) if isinstance(ablation, str) else ablation
         self.graph = graph or component_graph(model)
@@ -91,10 +93,10 @@ class Evaluator:
         """{hook: bool [K, B, T, X]} where nodes are kept."""
         K, (B, T) = len(circuits), self.base.shape
         L, H = self.model.n_layers, self.model.n_heads
-        keep = {"blocks.0.hook_resid_pre": torch.zeros(K, B, T, 1, dtype=torch.bool)}
+        keep = {hook_name("resid_pre", 0): torch.zeros(K, B, T, 1, dtype=torch.bool)}
         for l in range(L):
-            keep[f"blocks.{l}.attn.hook_z"] = torch.zeros(K, B, T, H, dtype=torch.bool)
-            keep[f"blocks.{l}.hook_mlp_out"] = torch.zeros(K, B, T, 1, dtype=torch.bool)
+            keep[hook_name("heads", l)] = torch.zeros(K, B, T, H, dtype=torch.bool)
+            keep[hook_name("mlp_out", l)] = torch.zeros(K, B, T, 1, dtype=torch.bool)
         b = torch.arange(B)
         for k, c in enumerate(circuits):
             for item in c.items:
@@ -109,12 +111,12 @@ class Evaluator:
 
     def _node_site(self, name: str) -> tuple[str, int]:
         if name == "embed":
-            return "blocks.0.hook_resid_pre", 0
+            return hook_name("resid_pre", 0), 0
         i = self.graph.sender(name)
         s = self.graph.senders[i]
         if s.kind == "head":
-            return f"blocks.{s.layer}.attn.hook_z", s.head
-        return f"blocks.{s.layer}.hook_mlp_out", 0
+            return hook_name("heads", s.layer), s.head
+        return hook_name("mlp_out", s.layer), 0
 
     def edge_ablate(self, circuits: Sequence[Circuit]) -> torch.Tensor:
         """[K, S, R] (or [K, T, S, R] when any edge has a position) float, 1 = ablated."""
@@ -153,7 +155,8 @@ class Evaluator:
                 keep = self.node_keep(chunk)
                 hooks = [(h, replace_hook(keep[h], self.ref_nodes[h], k)) for h in keep]
             else:
-                hooks = edge_ablation_hooks(self.model, self.graph, self.readers, self.edge_ablate(chunk), self.ref_writes)
+                ablate = self.edge_ablate(chunk)
+                hooks = edge_ablation_hooks(self.model, self.graph, self.readers, ablate, self.ref_writes)
             with torch.no_grad():
                 out.append(self._metric(run_to_final(self.model, self.base.repeat(k, 1), hooks)).view(k, -1))
         return torch.cat(out)

@@ -6,7 +6,8 @@ component keeps computing from its own inputs, so the change flows on from v to 
 (e.g. one sender into every query of a layer); edges into the same receiver add before its
 norm. Each receiver's new input is its norm applied to the live residual plus the change
 (projected per head for q/k/v), so a patch spanning several layers stays exact. K patches share
-one forward pass that restarts at their earliest receiver layer (upstream is the base run). Patches whose only receiver is the logits need no forward pass.
+one forward pass that restarts at their earliest receiver layer (upstream is the base run).
+Patches whose only receiver is the logits need no forward pass.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from circuitlab.circuits.edges import Readers, input_change, project, sender_hooks, writes_from_cache
+from circuitlab.circuits.edges import Readers, input_change, project, receiver_hook, sender_hooks, writes_from_cache
 from circuitlab.circuits.graph import ComponentGraph, component_graph
 from circuitlab.circuits.scores import EdgeScores, make_scores
 from circuitlab.engine.cache import capture
 from circuitlab.engine.forward import Restart, final_logits, gather_positions, run_to_final
 from circuitlab.engine.patching import chunk_size_for
+from circuitlab.engine.sites import hook_name
 from circuitlab.methods.registry import edge_method
 from circuitlab.result import Cost
 
@@ -37,10 +39,11 @@ class _Setup:
         self.model, self.task, self.graph, self.readers = model, task, graph, readers
         self.base, src = task.base_and_source(direction)
         L = model.n_layers
-        resid = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [readers.mlp_resid(l) for l in range(L)]
+        resid = [hook_name("resid_pre", l) for l in range(L)] + [readers.mlp_resid(l) for l in range(L)]
         c = capture(model, self.base, sender_hooks(model) + resid)
         self.resid = {k: c[k] for k in resid}
-        self.delta = writes_from_cache(model, readers, capture(model, src, sender_hooks(model))) - writes_from_cache(model, readers, c)
+        src_writes = writes_from_cache(model, readers, capture(model, src, sender_hooks(model)))
+        self.delta = src_writes - writes_from_cache(model, readers, c)
         B = self.base.shape[0]
         self.rows = torch.arange(B, device=self.base.device)
         with torch.no_grad():
@@ -75,9 +78,7 @@ class _Setup:
         by_hook: dict[str, list] = {}
         for k, j, d in entries:
             r = g.receivers[j]
-            name = ("ln_final.hook_in" if r.kind == "logits" else f"blocks.{r.layer}.mlp.hook_in" if r.kind == "mlp"
-                    else f"blocks.{r.layer}.attn.hook_{r.kind}")
-            by_hook.setdefault(name, []).append((k, r, d))
+            by_hook.setdefault(receiver_hook(r), []).append((k, r, d))
 
         def record(name):
             def fn(x):
@@ -94,7 +95,7 @@ class _Setup:
                         resid = live[R.mlp_resid(r.layer)][k]
                         a[k] += input_change(R.mlp_norm[r.layer], resid, d[:, :, None].to(a.dtype))[:, :, 0]
                     else:
-                        resid = live[f"blocks.{r.layer}.hook_resid_pre"][k]
+                        resid = live[hook_name("resid_pre", r.layer)][k]
                         x = input_change(R.attn_norm[r.layer], resid, d[:, :, None].to(a.dtype))[:, :, 0]
                         a[k, :, :, r.head] += project(R, r.layer, r.kind, r.head, x)
                 return a.view(act.shape)
@@ -103,8 +104,8 @@ class _Setup:
         layers = sorted({r.layer for e in by_hook.values() for _, r, _ in e if r.kind != "logits"})
         hooks = []
         for l in layers:
-            hooks.append((f"blocks.{l}.hook_resid_pre", record(f"blocks.{l}.hook_resid_pre")))
-            if R.mlp_resid(l) != f"blocks.{l}.hook_resid_pre":
+            hooks.append((hook_name("resid_pre", l), record(hook_name("resid_pre", l))))
+            if R.mlp_resid(l) != hook_name("resid_pre", l):
                 hooks.append((R.mlp_resid(l), record(R.mlp_resid(l))))
         return hooks + [(name, apply(e)) for name, e in by_hook.items()]
 
@@ -143,7 +144,7 @@ def patch_edges(model, task, patches: Sequence[Sequence[Edge] | Edge], direction
                    for j, d in S.receiver_delta(patches[i], positions[i]).items()]
         hooks = S.hooks(entries, k)
         layer0 = min(layer_of[i] for i in chunk) if model.fast_restart else 0
-        restart = Restart(layer0, S.resid[f"blocks.{layer0}.hook_resid_pre"].repeat(k, 1, 1)) if layer0 > 0 else None
+        restart = Restart(layer0, S.resid[hook_name("resid_pre", layer0)].repeat(k, 1, 1)) if layer0 > 0 else None
         with torch.no_grad():
             final = run_to_final(model, S.base.repeat(k, 1), hooks, restart)
             out[torch.tensor(chunk, device=out.device)] = S._metric(final).view(k, B).to(acc)

@@ -10,7 +10,6 @@ computed, and per-prompt metric values stay on the device until the sweep ends.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -20,7 +19,7 @@ from tqdm.auto import tqdm
 from circuitlab.engine.forward import (
     Restart, final_logits, gather_positions, kv_tensors, new_kv_cache, run_to_final,
 )
-from circuitlab.engine.sites import HEAD_FAMILIES, UNIT_FAMILIES, Node
+from circuitlab.engine.sites import HEAD_FAMILIES, UNIT_FAMILIES, Node, hook_name
 
 
 @dataclass
@@ -52,7 +51,8 @@ def node_positions(node: Node, roles: dict[str, torch.Tensor], n_prompts: int, d
 def validate_nodes(model, nodes: Sequence[Node], n_pos: int) -> None:
     for n in nodes:
         if not 0 <= n.layer < model.n_layers:
-            raise ValueError(f"node {n}: layer {n.layer} out of range (model has {model.n_layers} layers: 0..{model.n_layers - 1})")
+            raise ValueError(f"node {n}: layer {n.layer} out of range "
+                             f"(model has {model.n_layers} layers: 0..{model.n_layers - 1})")
         if n.family in HEAD_FAMILIES:
             limit = model.heads_in(n.family)
             if not 0 <= n.head < limit:
@@ -138,7 +138,7 @@ def patch_nodes(
     families = {n.hook: n.family for n in flat}
     with torch.no_grad():
         kv = new_kv_cache(model) if model.fast_positions else None
-        hooks = [(f"blocks.{l}.hook_resid_pre", keep(l)) for l in layers_needed]
+        hooks = [(hook_name("resid_pre", l), keep(l)) for l in layers_needed]
         if skip_noops:
             hooks += [(name, compare(name, fam)) for name, fam in families.items() if name in source]
         base_final = run_to_final(model, base_tokens, hooks, kv_cache=kv)

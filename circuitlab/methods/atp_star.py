@@ -21,6 +21,7 @@ import torch
 from circuitlab.engine.cache import capture
 from circuitlab.engine.gradients import GradGates, forward_for_grads
 from circuitlab.engine.patching import patch_nodes
+from circuitlab.engine.sites import hook_name
 from circuitlab.methods import qk_fix
 from circuitlab.methods.attribution import make_result, node_values, prepare, reduce_to_nodes
 from circuitlab.methods.registry import NodeOptions, node_method
@@ -44,7 +45,7 @@ def _scores(model, grid, acts, grads, source, all_pos: bool) -> dict[str, torch.
     out = {}
     for l in sorted({n.layer for n in grid.nodes}):
         qn, kn = qk_fix.rotated_names(model, l)
-        pat = f"blocks.{l}.attn.hook_pattern"
+        pat = hook_name("pattern", l)
         A, G = acts[pat].detach().float(), grads[pat].float()
         s = qk_fix.score_rule(model, l)
         if fam == "q":
@@ -53,7 +54,7 @@ def _scores(model, grid, acts, grads, source, all_pos: bool) -> dict[str, torch.
             sc = qk_fix.all_keys_effect(acts[qn].detach(), acts[kn].detach(), source[kn], A, G, s)
         else:
             sc = qk_fix.key_effects(acts[qn].detach(), acts[kn].detach(), source[kn], A, G, s)
-        out[f"blocks.{l}.attn.hook_{fam}"] = sc
+        out[hook_name(fam, l)] = sc
     return out
 
 
@@ -61,7 +62,7 @@ def _hooks_needed(model, grid) -> tuple[list[str], list[str]]:
     """(hooks whose gradient the estimate reads, hooks whose source value it reads)."""
     if grid.family in ("q", "k"):
         layers = sorted({n.layer for n in grid.nodes})
-        return ([f"blocks.{l}.attn.hook_pattern" for l in layers],
+        return ([hook_name("pattern", l) for l in layers],
                 [h for l in layers for h in qk_fix.rotated_names(model, l)])
     names = sorted({n.hook for n in grid.nodes})
     return names, names
@@ -84,7 +85,7 @@ def atp_star_sites(model, task, sites: Sequence[str], direction: str = "denoisin
     value_names = list(dict.fromkeys(h for s in sites for h in needed[s][1]))
     source = capture(model, src, value_names)
     gates = GradGates()
-    gate_names = [f"blocks.{l}.hook_{s}" for l in range(model.n_layers) for s in ("attn_out", "mlp_out")]
+    gate_names = [hook_name(s, l) for l in range(model.n_layers) for s in ("attn_out", "mlp_out")]
     run = forward_for_grads(model, base, task.metric, list(dict.fromkeys(grad_names + value_names)),
                             gates.hooks(gate_names) if graddrop else ())
     acts = run.acts
@@ -99,7 +100,7 @@ def atp_star_sites(model, task, sites: Sequence[str], direction: str = "denoisin
     if graddrop:
         total = {s: torch.zeros(len(g.nodes)) for s, g in grids.items()}
         for l in range(model.n_layers):
-            gates.scale = {f"blocks.{l}.hook_attn_out": 0.0, f"blocks.{l}.hook_mlp_out": 0.0}
+            gates.scale = {hook_name("attn_out", l): 0.0, hook_name("mlp_out", l): 0.0}
             for s, I_l in estimates(run.grads(retain=l < model.n_layers - 1)).items():
                 total[s] += I_l.abs()
             bwd += 1
@@ -157,8 +158,10 @@ def verify(model, task, estimate: Result, n_verify: int = 20, samples: int = 64,
         z = math.sqrt(2) * torch.erfinv(torch.tensor(1 - delta)).item()
         bound = c.abs() + z * se
         worst = int(bound.argmax())
-        out.update({"missed_effect_bound": float(bound.max()), "largest_subset_effect_node": estimate.labels[rest[int(c.abs().argmax())]],
-                    "largest_subset_effect": float(c[c.abs().argmax()]), "bound_node": estimate.labels[rest[worst]],
+        largest = int(c.abs().argmax())
+        out.update({"missed_effect_bound": float(bound.max()),
+                    "largest_subset_effect_node": estimate.labels[rest[largest]],
+                    "largest_subset_effect": float(c[largest]), "bound_node": estimate.labels[rest[worst]],
                     "forward_passes": out["forward_passes"] + sub.forward_passes})
     estimate.meta["verification"] = out
     return out

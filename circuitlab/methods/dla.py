@@ -24,6 +24,7 @@ import time
 import torch
 
 from circuitlab.engine.cache import capture
+from circuitlab.engine.sites import hook_name
 from circuitlab.models import weights
 from circuitlab.result import Cost, DirectEffects
 
@@ -32,10 +33,16 @@ _POST = {"attn": "ln1_post", "mlp": "ln2_post"}
 
 
 def _post_norm(model, layer: int, part: str):
-    """Block ``layer``'s norm applied to the attention ('attn') or MLP ('mlp') output, or None."""
-    if not model.post_attn_norm:
+    """Block ``layer``'s norm applied to the attention ('attn') or MLP ('mlp') output (its
+    parameters), or None."""
+    if not model.post_attn_norm or _POST[part] not in model.adapter.block_norms:
         return None
-    return getattr(model.bridge.blocks[layer], _POST[part], None)
+    return model.adapter.norm(_POST[part], layer)
+
+
+def _head_writes(z: torch.Tensor, W_O: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """z [B, head, d_head] -> each head's write z W_O [B, head, d_model] in ``acc``."""
+    return torch.einsum("bhd,hdm->bhm", z.to(acc), W_O.to(acc))
 
 
 def dla(model, task, by: str = "head", tokens: str = "clean") -> DirectEffects:
@@ -48,19 +55,19 @@ def dla(model, task, by: str = "head", tokens: str = "clean") -> DirectEffects:
     t0 = time.perf_counter()
     toks = task.clean_tokens if tokens == "clean" else task.corrupt_tokens
     L = model.n_layers
-    names = ["blocks.0.hook_resid_pre", "ln_final.hook_scale", f"blocks.{L - 1}.hook_resid_post"]
-    has_pos = getattr(model.bridge.cfg, "positional_embedding_type", "") == "standard"
+    names = [hook_name("resid_pre", 0), hook_name("ln_final.scale"), hook_name("resid_post", L - 1)]
+    has_pos = model.adapter.positional_embedding == "learned"
     if has_pos:
-        names.append("hook_pos_embed")
+        names.append(hook_name("pos_embed"))
     for l in range(L):
-        names += [f"blocks.{l}.attn.hook_z", f"blocks.{l}.hook_mlp_out"]
+        names += [hook_name("heads", l), hook_name("mlp_out", l)]
         if by == "neuron":
-            names.append(f"blocks.{l}.mlp.hook_post")
+            names.append(hook_name("neurons", l))
         if by == "source":
-            names += [f"blocks.{l}.attn.hook_v", f"blocks.{l}.attn.hook_pattern"]
+            names += [hook_name("v", l), hook_name("pattern", l)]
         for part in ("attn", "mlp") if by == "neuron" else ("attn",):
             if _post_norm(model, l, part) is not None:
-                names.append(f"blocks.{l}.{_POST[part]}.hook_scale")
+                names.append(hook_name(f"{_POST[part]}.scale", l))
     with torch.no_grad():
         return _dla(model, task, by, tokens, toks, names, has_pos, t0)
 
@@ -76,7 +83,7 @@ def _dla(model, task, by, tokens, toks, names, has_pos, t0) -> DirectEffects:
     dW = (WU[:, task.answer_ids] - WU[:, task.wrong_ids]).T  # [B, d]
     acc = torch.promote_types(torch.float32, model.dtype)  # bf16/fp16 models sum in float32
     u = gain.to(acc) * dW.to(acc)  # the final norm's gain folded into the readout
-    sigma = at(c["ln_final.hook_scale"]).to(acc)  # [B, 1]
+    sigma = at(c[hook_name("ln_final.scale")]).to(acc)  # [B, 1]
     center = model.norm == "LN"
 
     def per_prompt(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -94,37 +101,34 @@ def _dla(model, task, by, tokens, toks, names, has_pos, t0) -> DirectEffects:
         """x [B, ..., d] as it reaches the residual stream: through block l's post-attention
         ('attn') or post-MLP ('mlp') norm with its scale frozen, where the model has one."""
         x = x.to(acc)
-        ln = _post_norm(model, l, part)
-        if ln is None:
+        p = _post_norm(model, l, part)
+        if p is None:
             return x
-        g, _, centered = weights.norm_affine(ln)
-        if centered:
+        if not p.rms:
             x = x - x.mean(-1, keepdim=True)
-        scale = at(c[f"blocks.{l}.{_POST[part]}.hook_scale"]).to(acc)
-        return x / per_prompt(scale, x) * g.to(acc)
+        scale = at(c[hook_name(f"{_POST[part]}.scale", l)]).to(acc)
+        return x / per_prompt(scale, x) * p.weight.to(acc)
 
     def bias_in(l: int, part: str, b_vec: torch.Tensor) -> torch.Tensor:
         """A sublayer's output bias [d] as it reaches the residual stream, plus the post-norm's
         own bias (LayerNorm-style post norms)."""
         x = through(l, part, b_vec.expand(B, -1))
-        ln = _post_norm(model, l, part)
-        if ln is not None:
-            beta = weights.norm_affine(ln)[1]
-            if beta is not None:
-                x = x + beta.to(acc)
+        p = _post_norm(model, l, part)
+        if p is not None and p.bias is not None:
+            x = x + p.bias.to(acc)
         return x
 
     W_O, b_O = weights.W_O(model), weights.b_O(model)
     extras: dict[str, torch.Tensor] = {}
-    pos_embed = at(c["hook_pos_embed"]) if has_pos else None
-    embed = at(c["blocks.0.hook_resid_pre"]) - (pos_embed if has_pos else 0)
+    pos_embed = at(c[hook_name("pos_embed")]) if has_pos else None
+    embed = at(c[hook_name("resid_pre", 0)]) - (pos_embed if has_pos else 0)
     extras["embed"] = contrib(embed)
     if has_pos:
         extras["pos_embed"] = contrib(pos_embed)
-    heads = torch.stack([contrib(through(l, "attn", torch.einsum("bhd,hdm->bhm", at(c[f"blocks.{l}.attn.hook_z"]).to(acc), W_O[l].to(acc))))
+    heads = torch.stack([contrib(through(l, "attn", _head_writes(at(c[hook_name("heads", l)]), W_O[l], acc)))
                          for l in range(L)])
     attn_bias = torch.stack([contrib(bias_in(l, "attn", b_O[l])) for l in range(L)])
-    mlp = torch.stack([contrib(at(c[f"blocks.{l}.hook_mlp_out"])) for l in range(L)])
+    mlp = torch.stack([contrib(at(c[hook_name("mlp_out", l)])) for l in range(L)])
     # the norm's bias is added after the gain: it reads through dW, not u
     const = (((dW.to(acc) @ nbias.to(acc)).mean() if nbias is not None else torch.tensor(0.0, dtype=acc))
              + (bU[task.answer_ids] - bU[task.wrong_ids]).to(acc).mean())
@@ -139,23 +143,25 @@ def _dla(model, task, by, tokens, toks, names, has_pos, t0) -> DirectEffects:
         extras.update(attn_bias=attn_bias, mlp=mlp)
     elif by == "neuron":
         W_out, b_out = weights.W_out(model), weights.b_out(model)
-        values = torch.stack([contrib(through(l, "mlp", at(c[f"blocks.{l}.mlp.hook_post"]).to(acc)[..., None] * W_out[l].to(acc)))
+        values = torch.stack([contrib(through(l, "mlp", at(c[hook_name("neurons", l)]).to(acc)[..., None]
+                                              * W_out[l].to(acc)))
                               for l in range(L)])
         dims = ("layer", "neuron")
         labels = [f"L{l}.N{n}" for l in range(L) for n in range(values.shape[1])]
-        extras.update(heads=heads, attn_bias=attn_bias, mlp_bias=torch.stack([contrib(bias_in(l, "mlp", b_out[l])) for l in range(L)]))
+        mlp_bias = torch.stack([contrib(bias_in(l, "mlp", b_out[l])) for l in range(L)])
+        extras.update(heads=heads, attn_bias=attn_bias, mlp_bias=mlp_bias)
     else:
         per = []
         for l in range(L):
-            v = c[f"blocks.{l}.attn.hook_v"]
+            v = c[hook_name("v", l)]
             v = v.repeat_interleave(model.n_heads // v.shape[2], 2)  # GQA: each query head's values
-            A = c[f"blocks.{l}.attn.hook_pattern"][b, :, pos]  # [B, H, S]
+            A = c[hook_name("pattern", l)][b, :, pos]  # [B, H, S]
             x = A.to(acc)[..., None] * torch.einsum("bshd,hdm->bhsm", v.to(acc), W_O[l].to(acc))  # [B, H, S, d]
             per.append(contrib(through(l, "attn", x)))
         values, dims = torch.stack(per), ("layer", "head", "source")
         labels = [f"L{l}.H{h}<-{s}" for l in range(L) for h in range(model.n_heads) for s in range(values.shape[2])]
         extras.update(attn_bias=attn_bias, mlp=mlp)
-    real = (c[f"blocks.{L - 1}.hook_resid_post"])  # the actual logit difference, for the record
+    real = (c[hook_name("resid_post", L - 1)])  # the actual logit difference, for the record
     from circuitlab.engine.forward import logit_softcap
 
     logits = model.bridge.unembed(model.bridge.ln_final(at(real))).to(acc)  # before any soft-capping
@@ -165,6 +171,7 @@ def _dla(model, task, by, tokens, toks, names, has_pos, t0) -> DirectEffects:
     cap = logit_softcap(model)
     if cap:
         capped = cap * torch.tanh(logits / cap)
-        meta.update(logit_softcap=cap, capped_logit_diff=float((capped[b, task.answer_ids] - capped[b, task.wrong_ids]).mean()))
+        capped_diff = (capped[b, task.answer_ids] - capped[b, task.wrong_ids]).mean()
+        meta.update(logit_softcap=cap, capped_logit_diff=float(capped_diff))
     return DirectEffects(values.detach().cpu(), labels, dims, "dla", by, tokens, "logit_diff", float(actual),
-                  Cost(1, 0, time.perf_counter() - t0), {k: v.detach().cpu() for k, v in extras.items()}, meta)
+                         Cost(1, 0, time.perf_counter() - t0), {k: v.detach().cpu() for k, v in extras.items()}, meta)

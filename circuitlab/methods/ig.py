@@ -38,6 +38,7 @@ import torch
 
 from circuitlab.engine.cache import capture
 from circuitlab.engine.gradients import forward_for_grads
+from circuitlab.engine.sites import hook_name
 from circuitlab.methods.attribution import make_result, node_values, prepare, reduce_to_nodes
 from circuitlab.methods.registry import NodeOptions, node_method
 from circuitlab.result import Result
@@ -99,7 +100,8 @@ def _interpolate(base_act: torch.Tensor, src_act: torch.Tensor, alphas: torch.Te
     copies = alphas.shape[0] // base_act.shape[0]
 
     def fn(x):
-        b, s = base_act.repeat(copies, *([1] * (base_act.dim() - 1))), src_act.repeat(copies, *([1] * (src_act.dim() - 1)))
+        ones = [1] * (base_act.dim() - 1)
+        b, s = base_act.repeat(copies, *ones), src_act.repeat(copies, *ones)
         a = alphas.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
         return b + a * (s - b)
 
@@ -133,15 +135,16 @@ def ig(model, task, sites: str = "resid_pre", direction: str = "denoising",
     hooks = sorted({n.hook for n in grid.nodes})
     B = base.shape[0]
     alphas = alphas.to(base.device).repeat_interleave(B)
-    names = hooks + ["hook_embed"] if variant == "inputs" else hooks
+    embed = hook_name("embed")
+    names = hooks + [embed] if variant == "inputs" else hooks
     src_acts = capture(model, src, names)
     base_acts = capture(model, base, names)
     grads: dict[str, tuple[torch.Tensor, int]] = {}
     with torch.no_grad():
         base_value = float(task.metric.reduce(_per_prompt(model, base, task)[None])[0])
     if variant == "inputs":
-        interp = _interpolate(base_acts["hook_embed"], src_acts["hook_embed"], alphas)
-        run = forward_for_grads(model, base, task.metric, hooks, extra_hooks=[("hook_embed", interp)], copies=steps)
+        interp = _interpolate(base_acts[embed], src_acts[embed], alphas)
+        run = forward_for_grads(model, base, task.metric, hooks, extra_hooks=[(embed, interp)], copies=steps)
         g = run.grads()
         grads = {h: _integrate(g[h], weights, B) for h in hooks}
         passes = 1

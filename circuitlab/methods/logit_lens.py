@@ -16,6 +16,7 @@ import torch
 
 from circuitlab.engine.cache import capture
 from circuitlab.engine.forward import final_logits
+from circuitlab.engine.sites import hook_name
 from circuitlab.result import Cost, DirectEffects
 
 
@@ -24,7 +25,7 @@ def logit_lens(model, task, tokens: str = "clean") -> DirectEffects:
     t0 = time.perf_counter()
     toks = task.clean_tokens if tokens == "clean" else task.corrupt_tokens
     L = model.n_layers
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(L)]
+    names = [hook_name("resid_pre", 0)] + [hook_name("resid_post", l) for l in range(L)]
     c = capture(model, toks, names)
     b = torch.arange(toks.shape[0], device=toks.device)
     vals, top = [], []
@@ -93,7 +94,7 @@ def logit_lens_topk(model, prompt: Union[str, torch.Tensor], k: int = 10) -> Log
     toks = prompt_tokens(model, prompt)
     k = min(k, model.d_vocab)
     L = model.n_layers
-    names = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
+    names = [hook_name("resid_pre", l) for l in range(L)] + [hook_name("resid_post", L - 1)]
     with exclusive(model), torch.no_grad():
         c = capture(model, toks[None], names)
         final = torch.log_softmax(final_logits(model, c[names[-1]][0]).float(), -1)

@@ -32,7 +32,7 @@ import torch
 
 from circuitlab.engine.gradients import backward_rule
 from circuitlab.engine.hooks import scoped_hooks
-from circuitlab.engine.sites import hook_name, parse_hook
+from circuitlab.engine.sites import hook_name
 
 ATTENTION_RULES = ("pattern", "attnlrp")
 
@@ -69,13 +69,6 @@ def _ln_rule(adapter, norm: str, layer=None) -> list:
 def norm_rule_hooks(model) -> list:
     """The LN-rule at every norm inside the blocks (the final norm: :func:`final_norm_rule`)."""
     return [h for norm, layer in model.adapter.norms() for h in _ln_rule(model.adapter, norm, layer)]
-
-
-def _norm_hooks(bridge, path: str):  # moved; kept until callers are updated
-    from circuitlab.models.adapters import adapter_for
-
-    point, layer = parse_hook(f"{path}.hook_scale")
-    return _ln_rule(adapter_for(bridge), point.split(".")[0], layer)
 
 
 def _ratio(y, x):

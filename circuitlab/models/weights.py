@@ -19,6 +19,11 @@ def _or_zeros(model, name: str, *shape: int) -> torch.Tensor:
     return b
 
 
+def W_E(model) -> torch.Tensor:
+    """[vocab, d_model]: token embeddings."""
+    return _get(model, "W_E")
+
+
 def W_Q(model) -> torch.Tensor:
     """[layer, head, d_model, d_head]: query weights (the pre-rotary ``attn.hook_q``)."""
     return _get(model, "W_Q")
@@ -66,18 +71,3 @@ def final_norm(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(gain, bias) of the final norm; bias is None for RMSNorm. Gemma-style offsets applied."""
     p = model.adapter.norm("ln_final")
     return p.weight, p.bias
-
-
-def norm_affine(ln, centered: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
-    """(gain, bias, centers) of a norm bridge: its output is gain * (x - [mean x]) / scale + bias
-    with ``scale`` its hook_scale. Gemma's 1 + weight convention applied; bias None for RMSNorm.
-    ``centered`` overrides whether it subtracts the mean (LayerNorm) or not (RMSNorm).
-    Prefer ``model.adapter.norm(name, layer)``, which knows the family's norm kind."""
-    w = ln.weight.detach()
-    if getattr(ln, "uses_weight_offset", False):
-        w = 1.0 + w
-    if centered is None:
-        centered = not getattr(ln, "uses_rms_norm", True)
-    bias = getattr(ln.original_component, "bias", None)
-    return w, (bias.detach() if bias is not None and centered else None), bool(centered)
-

@@ -144,6 +144,11 @@ class Adapter:
             mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
         return mod
 
+    def norm_function(self, name: str, layer: Optional[int] = None) -> nn.Module:
+        """Norm ``name`` as the model computes it (its Hugging Face module): methods that apply a
+        norm to a changed input (edge patching, receiver gradients) then match the model exactly."""
+        return self.norm_module(name, layer).original_component
+
     def norm(self, name: str, layer: Optional[int] = None) -> NormParams:
         """Epsilon, kind, gain and bias of one norm (see :meth:`norms` for the names)."""
         comp = self.norm_module(name, layer).original_component
@@ -154,6 +159,21 @@ class Adapter:
         bias = None if rms else comp.bias
         return NormParams(float(getattr(comp, self.norm_eps_attr)), rms, weight.detach(),
                           None if bias is None else bias.detach())
+
+    # --- input --------------------------------------------------------------------------
+
+    @property
+    def context_length(self) -> Optional[int]:
+        """The longest sequence the model takes (its position-embedding or RoPE table), or None
+        where neither the bridge nor the Hugging Face configuration states it."""
+        n = getattr(self.bridge.cfg, "n_ctx", None)
+        if isinstance(n, int) and n > 0:
+            return n
+        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+            n = getattr(self.config, key, None)
+            if isinstance(n, int) and n > 0:
+                return n
+        return None
 
     # --- output -------------------------------------------------------------------------
 

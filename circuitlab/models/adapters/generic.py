@@ -34,8 +34,9 @@ class Generic(Adapter):
 
     @property
     def block_norms(self) -> tuple[str, ...]:  # type: ignore[override]
-        found = [parse_hook(k) for k in self.bridge.hook_dict if k.endswith(".hook_scale")]
-        return tuple(dict.fromkeys(p[0].split(".")[0] for p in found if p is not None and p[1] == 0))
+        found = [parse_hook(k) for k in self.bridge.hook_dict]
+        scales = [p[0] for p in found if p is not None and p[1] == 0 and p[0].endswith(".scale")]
+        return tuple(dict.fromkeys(point.split(".")[0] for point in scales))
 
     @property
     def gated_mlp(self) -> bool:  # type: ignore[override]
