@@ -52,7 +52,8 @@ def test_counted_methods_do_count(gpt2, task, no_runs):
     ("relp", {"attenton": "attnlrp"}, "attenton", "attention"),
 ])
 def test_unknown_option_names_the_nearest_valid_one(gpt2, task, no_runs, method, options, bad, hint):
-    with pytest.raises(ValueError, match=re.escape(f"unknown option '{bad}' for method '{method}'; did you mean '{hint}'")) as e:
+    expect = f"unknown option '{bad}' for method '{method}'; did you mean '{hint}'"
+    with pytest.raises(ValueError, match=re.escape(expect)) as e:
         cl.patch(gpt2, task, "resid_pre", method=method, **options)
     assert "valid:" in str(e.value) and "layers" in str(e.value)
     assert no_runs == []
@@ -139,7 +140,8 @@ def test_positions_inside_every_prompt_run(gpt2, task):
 
 def test_prompt_longer_than_the_context_is_a_clear_error(gpt2, ioi_pairs):
     long = " ".join(["Mary went to the store"] * 20)
-    pairs = list(ioi_pairs) + [{"clean": long, "corrupt": long.replace("Mary", "John"), "answer": " Mary", "wrong": " John"}]
+    pairs = list(ioi_pairs) + [{"clean": long, "corrupt": long.replace("Mary", "John"), "answer": " Mary",
+                                "wrong": " John"}]
     with pytest.raises(ValueError, match=r"record 3 is \d+ tokens but the model takes at most 64"):
         cl.tasks.from_pairs(gpt2, [{k: v for k, v in p.items() if k != "roles"} for p in pairs])
 
@@ -165,7 +167,8 @@ def test_tokens_must_be_clean_or_corrupt(gpt2, task, fn):
 
 def test_sweep_checks_before_the_first_batch(gpt2, task, no_runs):
     for kwargs, match in (({"batch_size": 0}, "batch_size must be a whole number >= 1"),
-                          ({"batch_size": -3}, "batch_size"), ({"steps": 2}, "unknown option 'steps' for method 'atp'")):
+                          ({"batch_size": -3}, "batch_size"),
+                          ({"steps": 2}, "unknown option 'steps' for method 'atp'")):
         with pytest.raises(ValueError, match=match):
             sweep(gpt2, task, "resid_pre", "atp", progress=False, **kwargs)
     assert no_runs == []
@@ -185,6 +188,16 @@ def test_bom_prefixed_jsonl_reads_like_plain(gpt2, ioi_pairs, tmp_path):
     assert f.read_bytes()[:3] == b"\xef\xbb\xbf"
     a, b = cl.tasks.from_pairs(gpt2, f), cl.tasks.from_pairs(gpt2, ioi_pairs)
     assert a.clean_tokens.equal(b.clean_tokens) and a.roles.keys() == b.roles.keys()
+
+
+def test_task_file_errors_name_the_file(gpt2, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file: .*missing.jsonl"):
+        cl.tasks.from_pairs(gpt2, tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="is a folder; give a JSONL file of {clean, corrupt, answer, wrong} records"):
+        cl.tasks.from_pairs(gpt2, tmp_path)
+    (tmp_path / "bad.jsonl").write_text('{"clean": "when Mary went"}\n{broken\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2 is not valid JSON"):
+        cl.tasks.from_pairs(gpt2, tmp_path / "bad.jsonl")
 
 
 @pytest.mark.parametrize("record, match", [

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuitlab.methods.head_detectors import head_scores, repeated_tokens, special_ids, word_tokens
+from circuitlab.methods.head_detectors import head_scores, repeated_tokens, sequence_pool, special_ids, word_tokens
 from circuitlab.viz.attention import attention_figure, head_scores_figure
 
 SMOLLM2 = Path("/root/.cache/circuitlab/models/smollm2-135m")
@@ -146,7 +146,8 @@ def test_word_pool_on_byte_level_bpe():
     repo = tok.convert_tokens_to_ids("<repo_name>")
     assert repo not in tok.all_special_ids and repo in special_ids(tok)
     pool = _check_word_pool(tok, 8)
-    corpus = "when Mary and John went to the store gave a drink capital of France is Paris Spain Madrid then Tom Anna park"
+    corpus = ("when Mary and John went to the store gave a drink capital of France is Paris Spain Madrid "
+              "then Tom Anna park")
     for i in pool:  # word starts (" Jo" of " John" included), never pieces from inside a word
         assert any(w.startswith(tok.decode([i]).strip()) for w in corpus.split()), tok.decode([i])
 
@@ -166,3 +167,30 @@ def test_zoo_pool_is_its_frequent_words(zoo_model):
     pool = word_tokens(tok, 300)
     assert tok.convert_ids_to_tokens(pool[:3]) == ["the", "The", "an"]  # "<bos>", "<unk>", ".", ",", "a" skipped
     assert all(tok.decode([i]).isalpha() for i in pool) and pool == sorted(pool)
+
+
+# ---- the random sequences' token pool
+
+
+def test_random_sequences_come_from_a_data_source(tmp_path, gpt2):
+    words = ["Mary", "John", "Anna", "Tom", "store", "park", "drink", "book"]
+    p = tmp_path / "words.txt"  # every word in every line, plus numbered tokens that are no words
+    p.write_text("\n".join(" ".join(words[k % 8:] + words[: k % 8] + [f"w{k}"]) for k in range(40)) + "\n")
+    pool = sequence_pool(gpt2, f"text:{p}")
+    assert sorted(gpt2.tokenizer.convert_ids_to_tokens(pool)) == sorted(words)
+    r = head_scores(gpt2, length=5, data=f"text:{p}")
+    assert torch.equal(r.values, head_scores(gpt2, repeated_tokens(gpt2, length=5, vocab=pool)).values)
+    # the default pool is unchanged: the model's first word tokens (no zoo vocabulary here)
+    assert sequence_pool(gpt2) is None
+    default = head_scores(gpt2, length=5)
+    assert torch.equal(default.values, head_scores(gpt2, repeated_tokens(gpt2, length=5)).values)
+    assert not torch.equal(default.values[:3], r.values[:3])
+    with pytest.raises(ValueError, match="unknown source kind 'nosuch'"):
+        head_scores(gpt2, data="nosuch:x")
+
+
+def test_zoo_models_draw_from_the_zoo_random_words(zoo_model):
+    from circuitlab.zoo.world import RANDOM_WORDS
+
+    tok = zoo_model("gpt2-zoo").tokenizer
+    assert tok.convert_ids_to_tokens(sequence_pool(zoo_model("gpt2-zoo"))) == list(RANDOM_WORDS)

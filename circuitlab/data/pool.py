@@ -16,8 +16,10 @@ from circuitlab.data.source import DocumentSet, open_source
 from circuitlab.data.spec import DEFAULT
 
 
-def _word(tokenizer, i: int) -> tuple[bool, bool]:
-    """(is a word token, starts a word)."""
+def word_kind(tokenizer, i: int) -> tuple[bool, bool]:
+    """(is a word token, starts a word) for token ``i``: a word decodes to two or more letters
+    (after stripping spaces); it starts a word where it decodes with a leading space or its raw
+    token carries a byte-level BPE or SentencePiece word-start marker. Specials are not checked."""
     text = tokenizer.decode([i])
     if len(text.strip()) < 2 or not text.strip().isalpha():
         return False, False
@@ -37,7 +39,7 @@ def token_pool(tokenizer, data: str = DEFAULT, n: int = 200, n_docs: int = 512, 
         ids = tokenizer(doc, add_special_tokens=False)["input_ids"] if isinstance(doc, str) else doc.tolist()
         counts.update(ids[:ctx_len])
     skip = set(tokenizer.all_special_ids) | {tokenizer.unk_token_id}
-    kinds = {i: _word(tokenizer, i) for i in counts if i not in skip and i < len(tokenizer)}
+    kinds = {i: word_kind(tokenizer, i) for i in counts if i not in skip and i < len(tokenizer)}
     words = [i for i, (word, _) in kinds.items() if word]
     starts = [i for i in words if kinds[i][1]]
     pool = sorted(starts or words, key=lambda i: (-counts[i], i))

@@ -6,7 +6,10 @@ where each kind of head has an unambiguous target:
 - duplicate-token: from a token in the second repeat to its earlier occurrence (t - L);
 - induction: from a token in the second repeat to the token after its earlier occurrence
   (t - L + 1);
-each averaged over the second repeat. Copying is a weight-based score of the head's OV circuit
+each averaged over the second repeat. The random sequences are drawn from a token pool: by
+default the zoo's random-word list where the model speaks the zoo vocabulary, else the model's
+first word tokens; ``data`` names any other text source (:mod:`circuitlab.data`), whose most
+frequent word tokens are used. Copying is a weight-based score of the head's OV circuit
 from token embedding to unembedding: sum of eigenvalues / sum of their magnitudes (1: the head
 copies the tokens it attends to, Olsson et al. 2022), on ``n_tokens`` ordinary word tokens (see
 :func:`word_tokens`). Grouped-query models share one value head among several query heads;
@@ -20,19 +23,26 @@ from typing import Optional
 
 import torch
 
+from circuitlab.data import DEFAULT, token_pool
+from circuitlab.data.pool import word_kind
 from circuitlab.engine.cache import capture
+from circuitlab.engine.sites import hook_name
 from circuitlab.models import weights
 from circuitlab.result import Cost, HeadScores
 
 KINDS = ("previous_token", "duplicate_token", "induction", "copying")
+POOL_SIZE = 5000
+"""Candidate tokens for the random sequences (the model's first word tokens, or a source's most
+frequent ones)."""
 
 
-def repeated_tokens(model, n: int = 16, length: int = 12, seed: int = 0, vocab: Optional[list[int]] = None) -> torch.Tensor:
+def repeated_tokens(model, n: int = 16, length: int = 12, seed: int = 0,
+                    vocab: Optional[list[int]] = None) -> torch.Tensor:
     """[n, 1 + 2 * length]: BOS then a random sequence twice (tokens drawn without repeats)."""
     from circuitlab.tasks.tokenize import bos_id
 
     g = torch.Generator().manual_seed(seed)
-    pool = torch.tensor(vocab if vocab is not None else word_tokens(model.tokenizer, 5000, model.d_vocab))
+    pool = torch.tensor(vocab if vocab is not None else word_tokens(model.tokenizer, POOL_SIZE, model.d_vocab))
     special = special_ids(model.tokenizer)
     pool = pool[[int(t) not in special for t in pool]]
     if len(pool) < length:
@@ -43,13 +53,15 @@ def repeated_tokens(model, n: int = 16, length: int = 12, seed: int = 0, vocab: 
     return torch.cat([bos, seqs, seqs], 1).to(model.device)
 
 
-def head_scores(model, tokens: Optional[torch.Tensor] = None, length: int = 12, n_tokens: int = 300) -> HeadScores:
-    """Values [kind, layer, head] for the four kinds (dims ('kind', 'layer', 'head'))."""
+def head_scores(model, tokens: Optional[torch.Tensor] = None, length: int = 12, n_tokens: int = 300,
+                data: str = DEFAULT) -> HeadScores:
+    """Values [kind, layer, head] for the four kinds (dims ('kind', 'layer', 'head')). Without
+    ``tokens``, repeated random sequences are drawn from :func:`sequence_pool` of ``data``."""
     t0 = time.perf_counter()
     if tokens is None:
-        tokens = repeated_tokens(model, length=length, vocab=_zoo_random_words(model))
+        tokens = repeated_tokens(model, length=length, vocab=sequence_pool(model, data))
     L = (tokens.shape[1] - 1) // 2
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.n_layers)]
+    names = [hook_name("pattern", l) for l in range(model.n_layers)]
     c = capture(model, tokens, names)
     second = torch.arange(1 + L, 1 + 2 * L, device=tokens.device)
     out = torch.zeros(4, model.n_layers, model.n_heads)
@@ -70,11 +82,11 @@ def copying_scores(model, n_tokens: int = 300) -> torch.Tensor:
 
     The nonzero eigenvalues of (W_E g1 W_V)(W_O g W_U) [n, n] are those of (W_O g W_U)(W_E g1 W_V)
     [d_head, d_head], so the small matrix is decomposed (both sums ignore zero eigenvalues)."""
-    bridge = model.bridge
-    ids = torch.tensor(word_tokens(model.tokenizer, n_tokens, model.d_vocab), device=bridge.W_E.device)
+    W_E = weights.W_E(model)
+    ids = torch.tensor(word_tokens(model.tokenizer, n_tokens, model.d_vocab), device=W_E.device)
     with torch.no_grad():
-        W_E = bridge.W_E.detach()[ids].float()
-        W_V, W_O = bridge.W_V.detach().float(), weights.W_O(model).float()  # [L, KV, d, dh], [L, H, dh, d]
+        W_E = W_E[ids].float()
+        W_V, W_O = weights.W_V(model).float(), weights.W_O(model).float()  # [L, KV, d, dh], [L, H, dh, d]
         gain, _ = weights.final_norm(model)
         W_U = gain.float()[:, None] * weights.W_U(model)[:, ids].float()
         group = model.n_heads // W_V.shape[1]  # query heads per value head (1 without GQA)
@@ -89,10 +101,8 @@ def copying_scores(model, n_tokens: int = 300) -> torch.Tensor:
 
 def _input_gain(model, layer: int) -> torch.Tensor:
     """Gain of the norm in front of the layer's attention ([d_model]; ones when it has none)."""
-    from circuitlab.engine.frozen import norm_params
-
     try:
-        w = norm_params(model.bridge, f"blocks.{layer}.ln1").weight
+        w = model.adapter.norm("ln1", layer).weight
     except AttributeError:
         w = None
     return torch.ones(model.d_model, device=model.device) if w is None else w.float()
@@ -113,9 +123,9 @@ def word_tokens(tokenizer, n: int, vocab_size: Optional[int] = None) -> list[int
 
     Why: copying is a statement about words the model reads and writes; in a BPE vocabulary the
     first ids are bytes, punctuation and special tokens, whose OV eigenvalues say nothing about
-    copying. A word token decodes to letters only (after stripping a leading space), at least two
-    of them, and is not special. Where the vocabulary marks word starts (a leading space, as in
-    byte-level BPE and SentencePiece), only word-start tokens count, not pieces inside words.
+    copying. A word token is not special and passes :func:`circuitlab.data.pool.word_kind` (two
+    or more letters); where the vocabulary marks word starts (a leading space, as in byte-level
+    BPE and SentencePiece), only word-start tokens count, not pieces inside words.
     Low ids are the frequent tokens in both frequency-ordered word vocabularies (the zoo's) and
     BPE vocabularies (ids follow merge order). Returns fewer than ``n`` when the vocabulary has
     fewer words; falls back to the first non-special tokens when it has almost none (< 20)."""
@@ -126,18 +136,26 @@ def word_tokens(tokenizer, n: int, vocab_size: Optional[int] = None) -> list[int
     for i in range(V):
         if i in special:
             continue
-        text = tok.decode([i])
-        word = text.strip()
-        if len(word) < 2 or not word.isalpha():
+        word, start = word_kind(tok, i)
+        if not word:
             continue
-        raw = tok.convert_ids_to_tokens(i) or ""
-        (starts if text[:1] == " " or raw[:1] in ("\u0120", "\u2581") else inner).append(i)
+        (starts if start else inner).append(i)
         if len(starts) >= n:
             break
     pool = starts if starts else inner
     if len(pool) >= min(n, 20):
         return pool[:n]
     return [i for i in range(V) if i not in special][:n]
+
+
+def sequence_pool(model, data: str = DEFAULT) -> Optional[list[int]]:
+    """Token ids random sequences are drawn from. ``data`` 'zoo' (the default): the zoo's
+    random-word list where the model speaks the zoo vocabulary, else None (the model's first
+    :data:`POOL_SIZE` word tokens, see :func:`word_tokens`); any other source: its
+    :data:`POOL_SIZE` most frequent word tokens (:func:`circuitlab.data.token_pool`)."""
+    if data == DEFAULT:
+        return _zoo_random_words(model)
+    return token_pool(model.tokenizer, data, n=POOL_SIZE)
 
 
 def _zoo_random_words(model) -> Optional[list[int]]:

@@ -9,13 +9,13 @@ END) so results from different templates line up.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from circuitlab.data import read_jsonl
 from circuitlab.tasks import metrics as M
 from circuitlab.tasks.tokenize import encode, pad_id, single_token
 
@@ -226,23 +226,7 @@ def normalize(model, task: Task) -> M.Metric:
 
 def _read_records(pairs) -> list[dict]:
     if isinstance(pairs, (str, Path)):
-        path = Path(pairs)
-        if not path.exists():
-            raise FileNotFoundError(f"no such JSONL file: {path}")
-        if path.is_dir():
-            raise ValueError(f"{path} is a folder; give a JSONL file of {{clean, corrupt, answer, wrong}} records")
-        try:
-            text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark from some editors is fine
-        except UnicodeDecodeError as e:
-            line = path.read_bytes()[: e.start].count(b"\n") + 1
-            raise ValueError(f"{path}:{line} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
-                             "save the file as UTF-8") from None
-        out = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n} is not valid JSON: {e}") from e
-        return out
+        if Path(pairs).expanduser().is_dir():
+            raise ValueError(f"{pairs} is a folder; give a JSONL file of {{clean, corrupt, answer, wrong}} records")
+        return read_jsonl(pairs)
     return list(pairs)
