@@ -95,7 +95,8 @@ def compare(estimate: NodeValues, reference: NodeValues, k: int = 10) -> dict:
         "spearman": pearson(rank(e), rank(r)),
         "spearman_1pct": pearson(rank(e[big]), rank(r[big])) if int(big.sum()) > 2 else float("nan"),
         f"recall@{k}": len(top_e & top_r) / k,
-        "sign_agreement": float((torch.sign(e[big]) == torch.sign(r[big])).double().mean()) if big.any() else float("nan"),
+        "sign_agreement": (float((torch.sign(e[big]) == torch.sign(r[big])).double().mean()) if big.any()
+                           else float("nan")),
         "verifications_to_recall": needed,
         "recall_curve": curve,
         "n_nodes": len(r),

@@ -131,7 +131,8 @@ def test_intervention_semantics(gpt2, ioi_pairs):
     r = capture(gpt2, toks, ["blocks.1.hook_resid_pre"], hooks=cc.Intervention(sae, "scale", 0.0).hooks(gpt2))
     assert r["blocks.1.hook_resid_pre"][..., :2].abs().max() == 0
     tc = cc.TranscoderTarget("blocks.0.mlp.hook_in", "blocks.0.hook_mlp_out", eye, eye, (3,))
-    out = capture(gpt2, toks, ["blocks.0.hook_mlp_out", "blocks.0.mlp.hook_in"], hooks=cc.Intervention(tc, "add", 1.0).hooks(gpt2))
+    out = capture(gpt2, toks, ["blocks.0.hook_mlp_out", "blocks.0.mlp.hook_in"],
+                  hooks=cc.Intervention(tc, "add", 1.0).hooks(gpt2))
     ref = capture(gpt2, toks, ["blocks.0.hook_mlp_out"])
     d = out["blocks.0.hook_mlp_out"] - ref["blocks.0.hook_mlp_out"]
     assert torch.allclose(d[..., 3], torch.ones_like(d[..., 3]), atol=1e-5) and d[..., :3].abs().max() < 1e-5

@@ -19,7 +19,8 @@ TL = {
 
 
 def reference(model, task, sites, direction):
-    base, src = (task.corrupt_tokens, task.clean_tokens) if direction == "denoising" else (task.clean_tokens, task.corrupt_tokens)
+    clean, corrupt = task.clean_tokens, task.corrupt_tokens
+    base, src = (corrupt, clean) if direction == "denoising" else (clean, corrupt)
     _, cache = model.bridge.run_with_cache(src)
     with torch.no_grad():
         return TL[sites](model.bridge, base, cache, lambda logits: task.metric.from_logits(logits))
@@ -32,7 +33,8 @@ def test_exact_equals_transformer_lens(tiny_model, ioi_pairs, arch, sites):
     task = cl.tasks.from_pairs(m, ioi_pairs)
     ref = reference(m, task, sites, "denoising")
     for per_pass in (1, 100_000):  # one patch per pass, and all patches in one pass
-        r = cl.patch(m, task, sites, max_patches_per_pass=per_pass, memory_bytes=1 << 34, max_waste=float("inf"), progress=False)
+        r = cl.patch(m, task, sites, max_patches_per_pass=per_pass, memory_bytes=1 << 34, max_waste=float("inf"),
+                     progress=False)
         if per_pass > 1:
             assert r.cost.forward_passes == 3  # two capture runs + one pass holding every patch
         assert r.patched.shape == ref.shape

@@ -42,7 +42,8 @@ def test_normalized_metric(gpt2, ioi_pairs):
 
 @pytest.mark.parametrize("bad, match", [
     ([], "empty task"),
-    ([{"clean": "when Mary went", "corrupt": "when Mary and John went", "answer": " Mary", "wrong": " John"}], "equal lengths"),
+    ([{"clean": "when Mary went", "corrupt": "when Mary and John went", "answer": " Mary", "wrong": " John"}],
+     "equal lengths"),
     ([{"clean": "when Mary went", "corrupt": "when John went", "answer": " Mary John", "wrong": " John"}], "not one"),
     ([{"clean": "when Mary went", "corrupt": "when John went", "answer": " Mary"}], "lacks"),
 ])

@@ -123,7 +123,8 @@ def test_ioi_corruption_changes_exactly_its_slots(bpe, corrupt):
             fresh = {bad[roles[k]] for k in ("IO", "S1", "S2")}
             assert len(fresh) == 3 and not fresh & {word_token(bpe, r["io"]), word_token(bpe, r["s"])}
         elif corrupt == "s2":
-            assert changed == [roles["S2"]] and bad[roles["S2"]] not in (word_token(bpe, r["io"]), word_token(bpe, r["s"]))
+            names = (word_token(bpe, r["io"]), word_token(bpe, r["s"]))
+            assert changed == [roles["S2"]] and bad[roles["S2"]] not in names
         else:
             assert changed == [roles["S2"]] and bad[roles["S2"]] == word_token(bpe, r["io"])
 
@@ -219,7 +220,8 @@ def test_counterfact_records(bpe, target):
         assert r["clean"] == f"{head} {fake}. {head}" and r["corrupt"] == f"{head} {true}. {head}"
         pos = _diff(bpe, r["clean"], r["corrupt"])
         assert len(pos) == 1 and encode(bpe, r["clean"])[pos[0]] == word_token(bpe, fake)
-        assert (r["answer"], r["wrong"]) == ((f" {fake}", f" {true}") if target == "context" else (f" {true}", f" {fake}"))
+        expect = (f" {fake}", f" {true}") if target == "context" else (f" {true}", f" {fake}")
+        assert (r["answer"], r["wrong"]) == expect
     with pytest.raises(ValueError, match="target must be one of"):
         F.counterfact_records(bpe, 2, target="prior")
 
@@ -232,7 +234,8 @@ def test_induction_repeats_word_tokens(bpe):
     for i, r in enumerate(task.prompts):
         ids = r["ids"]
         assert task.clean_tokens[i, 1:].tolist() == ids + ids[:-1]
-        assert task.corrupt_tokens[i, 6:].tolist() == ids[:-1] and not set(task.corrupt_tokens[i, 1:6].tolist()) & set(ids)
+        corrupt = task.corrupt_tokens[i]
+        assert corrupt[6:].tolist() == ids[:-1] and not set(corrupt[1:6].tolist()) & set(ids)
         assert int(task.answer_ids[i]) == ids[-1]
     assert task.metric.name == "loss" and task.metric.positions[0].tolist() == [6, 7, 8, 9]
 

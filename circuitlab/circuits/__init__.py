@@ -33,7 +33,8 @@ def edges(model, task, method: str = "eap", direction: str = "denoising", **kwar
     return entry.fn(model, task, direction, **entry.declared(kwargs))
 
 
-__all__ = ["Circuit", "ComponentGraph", "component_graph", "EdgeScores", "eap", "eap_ig", "edge_patching", "patch_edges",
-           "path_patch", "edges", "top_n", "threshold", "greedy", "greedy_nodes", "AblationConfig", "Evaluator",
-           "faithfulness", "faithfulness_curve", "FaithfulnessCurve", "bootstrap_ci", "Intervention", "NodeTarget",
-           "DirectionTarget", "CoderTarget", "TranscoderTarget", "Supernode", "intervene", "generate", "score"]
+__all__ = ["Circuit", "ComponentGraph", "component_graph", "EdgeScores", "eap", "eap_ig", "edge_patching",
+           "patch_edges", "path_patch", "edges", "top_n", "threshold", "greedy", "greedy_nodes", "AblationConfig",
+           "Evaluator", "faithfulness", "faithfulness_curve", "FaithfulnessCurve", "bootstrap_ci", "Intervention",
+           "NodeTarget", "DirectionTarget", "CoderTarget", "TranscoderTarget", "Supernode", "intervene", "generate",
+           "score"]

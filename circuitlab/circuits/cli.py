@@ -32,7 +32,8 @@ def add_parser(subparsers, formatter_class) -> None:
     p.add_argument("--select", default="smallest", choices=["top", "greedy", "smallest"],
                    help="top: --top n edges; greedy: connected growth from the logits; smallest: the smallest "
                         "top-n circuit with F >= --threshold (default)")
-    p.add_argument("--top", type=int, default=None, help="circuit size for --select top/greedy (default 20 when no circuit reaches the threshold)")
+    p.add_argument("--top", type=int, default=None,
+                   help="circuit size for --select top/greedy (default 20 when no circuit reaches the threshold)")
     p.add_argument("--threshold", type=float, default=0.8, help="faithfulness target")
     p.add_argument("--ablation", default="resample", choices=["resample", "mean"])
     p.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples for confidence intervals")

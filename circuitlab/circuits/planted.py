@@ -152,14 +152,17 @@ def _model(kind: str):
                 prev_out[t] = prev[:, t]
             _head(h0, 0, q, k, read_tok, prev_out)  # previous-token head
             _head(h0, 1, zero, zero, read_tok, to_junk)  # distractor: uniform, writes junk
-            _head(h1, 0, _outer(tok, list(range(V)), D_HEAD, s), _outer(prev, list(range(V)), D_HEAD), read_tok, copy_out)
-            _head(h1, 1, _outer(prev, list(range(V)), D_HEAD, 1.0), _outer(prev, list(range(V)), D_HEAD), read_tok, to_junk)
+            every = list(range(V))
+            _head(h1, 0, _outer(tok, every, D_HEAD, s), _outer(prev, every, D_HEAD), read_tok, copy_out)
+            _head(h1, 1, _outer(prev, every, D_HEAD, 1.0), _outer(prev, every, D_HEAD), read_tok, to_junk)
         elif kind == "copy":
             q = _outer(pos, [0] * N_POS, D_HEAD, s)  # every query -> f0
             k = _outer(pos[:, 1:2], [0], D_HEAD)  # only position 1's key -> f0
             _head(h0, 0, q, k, read_tok, copy_out)  # copy head
             _head(h0, 1, zero, zero, read_tok, to_junk)
-            _head(h1, 0, _outer(pos, list(range(N_POS)), D_HEAD, s), _outer(pos[:, : N_POS - 1], list(range(1, N_POS)), D_HEAD), read_tok, to_junk)
+            q1 = _outer(pos, list(range(N_POS)), D_HEAD, s)  # previous-token pattern, writes junk
+            k1 = _outer(pos[:, : N_POS - 1], list(range(1, N_POS)), D_HEAD)
+            _head(h1, 0, q1, k1, read_tok, to_junk)
             _head(h1, 1, zero, zero, read_tok, to_junk)
         else:
             raise ValueError(f"unknown planted model {kind!r}; choose 'induction' or 'copy'")

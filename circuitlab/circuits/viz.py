@@ -24,7 +24,8 @@ def curve_figure(curve, title: Optional[str] = None):
     fig.add_hline(y=curve.threshold, line_dash="dash", annotation_text=f"F = {curve.threshold}")
     if curve.smallest is not None:
         fig.add_vline(x=curve.smallest, line_dash="dot", annotation_text=f"smallest: {curve.smallest}")
-    fig.update_layout(title=plot_text(title or f"Faithfulness vs circuit size ({curve.kind}, {curve.ablation} ablation)"),
+    title = title or f"Faithfulness vs circuit size ({curve.kind}, {curve.ablation} ablation)"
+    fig.update_layout(title=plot_text(title),
                       xaxis_title=f"{curve.kind} kept (top-n by |score|)", yaxis_title="faithfulness F",
                       xaxis_type="log" if max(x) > 50 else "linear", template="plotly_white")
     return fig
@@ -61,8 +62,9 @@ def circuit_figure(circuit: Circuit, n_layers: int, n_heads: int, scores=None, t
                                      line=dict(color="#1f77b4" if v >= 0 else "#d62728", width=1 + 5 * abs(v) / top)))
     comps = sorted(circuit.nodes() | ({"logits"} if circuit.kind == "edges" else set()))
     xs, ys = zip(*[_xy(c, n_layers, n_heads) for c in comps]) if comps else ((), ())
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text", text=[plot_text(c) for c in comps], textposition="top center",
-                             marker=dict(size=14, color="#444"), showlegend=False, hoverinfo="text"))
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text", text=[plot_text(c) for c in comps],
+                             textposition="top center", marker=dict(size=14, color="#444"), showlegend=False,
+                             hoverinfo="text"))
     fig.update_layout(title=plot_text(title or f"Circuit ({len(circuit)} {circuit.kind})"), template="plotly_white",
                       xaxis=dict(title="head (MLP at right)", zeroline=False),
                       yaxis=dict(title="layer", zeroline=False))

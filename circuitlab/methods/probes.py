@@ -126,9 +126,10 @@ def probe_dataset(model, prompts: Sequence[str], labels: Sequence[Hashable], sit
     return ProbeDataset(torch.cat(chunks, 1), labels, layers, site, position, types)
 
 
-def split_indices(n: int, config: ProbeConfig = ProbeConfig()) -> dict[str, torch.Tensor]:
+def split_indices(n: int, config: Optional[ProbeConfig] = None) -> dict[str, torch.Tensor]:
     """A seeded random split of ``range(n)`` into train / val / test (val and test get
     ``floor(frac * n)`` examples, at least one each; train the rest)."""
+    config = config or ProbeConfig()
     if not (0 < config.val_frac < 1 and 0 < config.test_frac < 1 and config.val_frac + config.test_frac < 1):
         raise ValueError(f"val_frac={config.val_frac} and test_frac={config.test_frac} must be in (0, 1) "
                          "and sum to less than 1")
@@ -140,10 +141,11 @@ def split_indices(n: int, config: ProbeConfig = ProbeConfig()) -> dict[str, torc
     return {"train": perm[n_val + n_test:], "val": perm[:n_val], "test": perm[n_val:n_val + n_test]}
 
 
-def train_probe(acts: torch.Tensor, labels: Sequence[Hashable], config: ProbeConfig = ProbeConfig(),
+def train_probe(acts: torch.Tensor, labels: Sequence[Hashable], config: Optional[ProbeConfig] = None,
                 split: Optional[dict[str, torch.Tensor]] = None) -> Probe:
     """Fit multinomial logistic regression from ``acts`` [n, d] to ``labels`` on the training
     split, choose the weight decay on validation, report accuracy on every split."""
+    config = config or ProbeConfig()
     acts = torch.as_tensor(acts)
     if acts.ndim != 2:
         raise ValueError(f"acts must be [n, d] (one layer; index a ProbeDataset's acts[i]), got shape "
@@ -207,9 +209,10 @@ class Selectivity:
 
 
 def selectivity(acts: torch.Tensor, labels: Sequence[Hashable], types: Sequence[Hashable],
-                config: ProbeConfig = ProbeConfig()) -> Selectivity:
+                config: Optional[ProbeConfig] = None) -> Selectivity:
     """Train the probe on the real labels and on control labels of ``types``, same split and
     settings; see :class:`Selectivity`."""
+    config = config or ProbeConfig()
     split = split_indices(len(labels), config)
     real = train_probe(acts, labels, config, split)
     ctrl = control_labels(types, labels, config.seed)
@@ -251,8 +254,9 @@ class LayerProbes:
         return fig
 
 
-def layer_curve(data: ProbeDataset, config: ProbeConfig = ProbeConfig(), control: bool = True) -> LayerProbes:
+def layer_curve(data: ProbeDataset, config: Optional[ProbeConfig] = None, control: bool = True) -> LayerProbes:
     """Train a probe (and, with ``control``, its control task) on every layer of ``data``."""
+    config = config or ProbeConfig()
     test, ctrl, sel, probes = [], [], [], []
     for i in range(len(data.layers)):
         if control:
@@ -271,7 +275,7 @@ def layer_curve(data: ProbeDataset, config: ProbeConfig = ProbeConfig(), control
 
 def probe_layers(model, prompts: Sequence[str], labels: Sequence[Hashable], site: str = "resid_post",
                  layers: Optional[Sequence[int]] = None, position: int = -1,
-                 types: Optional[Sequence[Hashable]] = None, config: ProbeConfig = ProbeConfig(),
+                 types: Optional[Sequence[Hashable]] = None, config: Optional[ProbeConfig] = None,
                  control: bool = True) -> LayerProbes:
     """Per-layer probe accuracy and control-task selectivity for ``labels`` of ``prompts`` read at
     ``site`` and ``position`` (see :func:`probe_dataset`); ``.figure()`` plots the curve."""

@@ -48,4 +48,5 @@ def relp(model, task, sites: str = "mlp_out", direction: str = "denoising",
     with final_norm_rule(model):
         scores, baseline = atp_scores(model, task, base, src, grid, extra_hooks=relp_hooks(model, attention))
     values = node_values(grid.nodes, scores, task.roles, base.shape[0])
-    return make_result(grid, values, "relp", sites, direction, task, baseline, t0, 2, 1, meta={"attention_rule": attention})
+    return make_result(grid, values, "relp", sites, direction, task, baseline, t0, 2, 1,
+                       meta={"attention_rule": attention})

@@ -85,8 +85,9 @@ def induction(model, n: int = 64, seed: int = 0, split: str = "heldout", half_le
     if metric == "loss":
         L = half_len
         pos = torch.arange(1 + L, 2 * L)[None].expand(n, -1)  # second repeat, predicting words 2..L
-        tgt = torch.stack([torch.tensor([single_token(model.tokenizer, " " + w) for w in r["words"][1:]]) for r in records])
-        task.metric = M.mean_loss(pos.to(model.device), tgt.to(model.device), torch.ones_like(tgt, dtype=torch.bool).to(model.device))
+        tgt = torch.stack([torch.tensor([single_token(model.tokenizer, " " + w) for w in r["words"][1:]])
+                           for r in records]).to(model.device)
+        task.metric = M.mean_loss(pos.to(model.device), tgt, torch.ones_like(tgt, dtype=torch.bool))
     elif metric != "logit_diff":
         raise ValueError(f"induction metric must be 'loss' or 'logit_diff', not {metric!r}")
     return task

@@ -24,8 +24,9 @@ class Report:
         self.sections.append((heading, text, list(items)))
 
     def html(self) -> str:
-        style = ("<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-                 "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        style = ("<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
+                 "color:#222}table{border-collapse:collapse;margin:1em 0}"
+                 "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
                  "th{background:#f3f3f3}p.note{color:#555}</style>")
         parts = [f"<h1>{text(self.title)}</h1>"]
         first_fig = True

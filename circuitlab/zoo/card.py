@@ -127,6 +127,10 @@ def write_card(folder: str | Path) -> dict[str, dict[str, float]]:
     ck_rows.append(f"| final (this folder) | {log['tokens'] / 1e6:.2f}M | "
                    + " | ".join(f"{final[k]:.3f}" for k in keys) + " |")
     minutes = log["elapsed_s"] / 60
+    steps = (f"{log['step']} x {cfg['batch_size']} rows of {cfg['n_ctx']} tokens (documents first-fit packed; "
+             "each attends only to itself, positions restart at 0)")
+    optimizer = (f"AdamW, lr {cfg['lr']}, betas {tuple(cfg['betas'])}, weight decay {cfg['weight_decay']}, "
+                 f"clip {cfg['grad_clip']}")
     text = f"""# {folder.name}
 
 A small {arch} language model trained from scratch on the synthetic corpus of
@@ -171,8 +175,8 @@ BOS: prompts are written starting with `"<bos> "`.
 | | |
 |---|---|
 | tokens (non-padding) | {log['tokens']:,} ({log['tokens'] / 1e6:.1f}M) |
-| steps x batch | {log['step']} x {cfg['batch_size']} rows of {cfg['n_ctx']} tokens (documents first-fit packed; each attends only to itself, positions restart at 0) |
-| optimizer | AdamW, lr {cfg['lr']}, betas {tuple(cfg['betas'])}, weight decay {cfg['weight_decay']}, clip {cfg['grad_clip']} |
+| steps x batch | {steps} |
+| optimizer | {optimizer} |
 | schedule | {cfg['warmup_steps']} warmup steps, cosine decay to {cfg['min_lr_frac']} x lr |
 | wall time | {minutes:.1f} min on {log.get('torch_threads', 2)} CPU threads |
 | throughput | {log['tokens_per_s']:,.0f} tokens/s |

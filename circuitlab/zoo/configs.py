@@ -64,8 +64,8 @@ class ZooConfig:
 
     def hf_config(self, vocab_size: int) -> PretrainedConfig:
         """The transformers config of this model."""
-        common = dict(vocab_size=vocab_size, initializer_range=self.init_std, bos_token_id=0, eos_token_id=0, pad_token_id=0,
-                      tie_word_embeddings=True)
+        common = dict(vocab_size=vocab_size, initializer_range=self.init_std, bos_token_id=0, eos_token_id=0,
+                      pad_token_id=0, tie_word_embeddings=True)
         if self.arch == "gpt2":
             return GPT2Config(n_positions=self.n_ctx, n_embd=self.d_model,
                               n_layer=self.n_layers, n_head=self.n_heads, n_inner=self.d_mlp,

@@ -67,7 +67,7 @@ def slot_positions(tokenizer, template: str, slots: dict[str, str], roles: dict[
 def _field_offset(template: str, field: str, slots: dict[str, str]) -> int:
     """Character offset of the first ``{field}`` in the filled template."""
     offset = 0
-    for literal, name, spec, conv in string.Formatter().parse(template):
+    for literal, name, spec, _ in string.Formatter().parse(template):
         offset += len(literal)
         if name is None:
             continue
