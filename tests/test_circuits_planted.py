@@ -8,6 +8,7 @@ from circuitlab import circuits as cc
 from circuitlab.circuits.planted import build
 from circuitlab.engine.hooks import count_hooks
 from circuitlab.engine.sites import Node
+from circuitlab.graphs.targets import Supernode
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,7 @@ def test_intervention_semantics(gpt2, ioi_pairs):
     assert torch.allclose(d[..., 3], torch.ones_like(d[..., 3]), atol=1e-5) and d[..., :3].abs().max() < 1e-5
     u = torch.zeros(gpt2.d_model)
     u[7] = 1.0
-    sup = cc.Supernode((cc.DirectionTarget("blocks.2.hook_resid_pre", u), "L0.H1"))
+    sup = Supernode((cc.DirectionTarget("blocks.2.hook_resid_pre", u), "L0.H1"))
     r = capture(gpt2, toks, ["blocks.2.hook_resid_pre"], hooks=cc.Intervention(sup, "set", 0.0).hooks(gpt2))
     assert r["blocks.2.hook_resid_pre"][..., 7].abs().max() < 1e-6
     with pytest.raises(ValueError, match="unknown intervention op"):
@@ -146,7 +147,7 @@ def test_intervention_semantics(gpt2, ioi_pairs):
 
 
 def test_value_scaling_example_runs_on_any_model(gpt2, ioi_pairs):
-    from circuitlab.circuits.examples import value_scaling
+    from circuitlab.cli.value_scaling import value_scaling
 
     task = cl.tasks.from_pairs(gpt2, ioi_pairs)
     before = count_hooks(gpt2.bridge)

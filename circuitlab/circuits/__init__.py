@@ -18,7 +18,7 @@ from circuitlab.circuits.path_patching import edge_patching, patch_edges, path_p
 from circuitlab.circuits.scores import EdgeScores
 from circuitlab.methods.registry import EDGE_METHODS
 from circuitlab.engine.interventions import (
-    CoderTarget, DirectionTarget, Intervention, NodeTarget, Supernode, TranscoderTarget, generate, intervene, score,
+    CoderTarget, DirectionTarget, Intervention, NodeTarget, TranscoderTarget, generate, intervene, score,
 )
 
 METHODS = EDGE_METHODS
@@ -36,5 +36,5 @@ def edges(model, task, method: str = "eap", direction: str = "denoising", **kwar
 __all__ = ["Circuit", "ComponentGraph", "component_graph", "EdgeScores", "eap", "eap_ig", "edge_patching",
            "patch_edges", "path_patch", "edges", "top_n", "threshold", "greedy", "greedy_nodes", "AblationConfig",
            "Evaluator", "faithfulness", "faithfulness_curve", "FaithfulnessCurve", "bootstrap_ci", "Intervention",
-           "NodeTarget", "DirectionTarget", "CoderTarget", "TranscoderTarget", "Supernode", "intervene", "generate",
+           "NodeTarget", "DirectionTarget", "CoderTarget", "TranscoderTarget", "intervene", "generate",
            "score"]

@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from circuitlab.circuits import cli as circuit
-from circuitlab.cli import demo, eval, graph, models, probe, sweep, train, zoo
+from circuitlab.cli import circuit, demo, eval, graph, models, probe, sweep, train, zoo
 from circuitlab.cli.checks import check_args
 
 COMMANDS = (demo, sweep, zoo, models, train, eval, circuit, graph, probe)

@@ -5,13 +5,13 @@ After "Characterizing Mechanisms for Factual Recall in Language Models" (Yu, Mer
 head is the one whose direct logit attribution to (answer - wrong) is largest on the clean
 prompts (or the one given); its value vectors are multiplied by each scale, and we report the
 mean logit difference, how often the answer beats the wrong token, and one greedy continuation.
-Runs on any model and task; with the zoo GPT-2 use ``cl.tasks.capitals(model)``.
+Runs on any model and task; with the zoo GPT-2 use ``cl.tasks.capitals(model)``. Run it as
+``python -m circuitlab.cli.value_scaling [--model gpt2-zoo] [--task capitals]``.
 """
 
 from __future__ import annotations
 
 from typing import Optional, Sequence
-
 
 from circuitlab.engine.interventions import Intervention, generate, score
 from circuitlab.engine.sites import Node
@@ -55,7 +55,7 @@ def _wins(model, task, interventions) -> float:
 
 
 def main(argv=None) -> None:
-    """``python -m circuitlab.circuits.examples [--model gpt2-zoo] [--task capitals]``."""
+    """``python -m circuitlab.cli.value_scaling [--model gpt2-zoo] [--task capitals]``."""
     import argparse
 
     import circuitlab as cl

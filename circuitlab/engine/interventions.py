@@ -360,10 +360,3 @@ def score(model, tokens: torch.Tensor, metric, interventions: Sequence[Intervent
         resid = run_to_final(model, tokens)
         return metric.per_prompt(final_logits(model, gather_positions(resid, metric.positions, rows)), rows)
 
-
-def __getattr__(name: str):
-    if name == "Supernode":  # moved; kept until callers are updated
-        from circuitlab.graphs.targets import Supernode
-
-        return Supernode
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
