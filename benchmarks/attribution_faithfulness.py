@@ -58,8 +58,11 @@ def main() -> None:
                     rows.append([key, fam, meth + (" (attnlrp)" if kw else ""), round(c["pearson"], 3),
                                  round(c["spearman_1pct"], 3), fwd_eq, round(est.cost.seconds, 2)])
                     if fam == "heads" and meth == "atp*":
-                        extra[f"{key} heads cost-to-recall top-10"] = {"verifications": c["verifications_to_recall"],
-                                                                         "perfect": 10, "ratio": c["verifications_to_recall"] / 10}
+                        extra[f"{key} heads cost-to-recall top-10"] = {
+                            "verifications": c["verifications_to_recall"],
+                            "perfect": 10,
+                            "ratio": c["verifications_to_recall"] / 10,
+                        }
             node_set = ["resid_pre", "attn_out", "mlp_out", "heads"]
             times = {}
             for graddrop in (False, True):  # one shared pass over the whole node set; median of 3

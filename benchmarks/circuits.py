@@ -53,7 +53,10 @@ def ioi_section(model, task, steps: int, bootstrap: int) -> dict:
     n = len(task)
     exact, t_exact = timed(lambda: cc.edge_patching(model, task))
     out = {"prompts": n, "edges": int(exact.mask.sum()), "exact_seconds": t_exact, "methods": {}}
-    for name, fn in (("eap", lambda: cc.eap(model, task)), (f"eap-ig (m={steps})", lambda: cc.eap_ig(model, task, steps=steps))):
+    for name, fn in (
+        ("eap", lambda: cc.eap(model, task)),
+        (f"eap-ig (m={steps})", lambda: cc.eap_ig(model, task, steps=steps)),
+    ):
         est, t = timed(fn)
         out["methods"][name] = {"seconds": t, **compare_edges(est, exact, (10, 50))}
     ig = cc.eap_ig(model, task, steps=steps)
@@ -143,9 +146,13 @@ def main() -> None:
 
         ioi = ioi_section(model, cl.tasks.ioi(model, n=a.n, seed=0), a.steps, a.bootstrap)
         report["ioi"] = ioi
-        lines += [f"## Zoo GPT-2, IOI ({ioi['prompts']} prompts, {ioi['edges']} edges; exact edge patching "
-                  f"{ioi['exact_seconds']:.2f} s)", "", "| method | Pearson | Spearman | recall@10 | recall@50 | seconds |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"## Zoo GPT-2, IOI ({ioi['prompts']} prompts, {ioi['edges']} edges; exact edge patching "
+            f"{ioi['exact_seconds']:.2f} s)",
+            "",
+            "| method | Pearson | Spearman | recall@10 | recall@50 | seconds |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, r in ioi["methods"].items():
             lines.append(f"| {name} | {fmt(r['pearson'])} | {fmt(r['spearman'])} | {fmt(r['recall@10'])} | "
                          f"{fmt(r['recall@50'])} | {fmt(r['seconds'])} |")
@@ -153,12 +160,19 @@ def main() -> None:
             c = ioi[f"curve_{label}"]
             lines += ["", f"Faithfulness curve ({label} ranking, resample ablation): smallest circuit with F >= 0.8: "
                       f"**{c['smallest']} of {c['total']} edges**", "", "| edges | F | 95% CI |", "|---|---|---|"]
-            lines += [f"| {n} | {f:.3f} | [{lo:.3f}, {hi:.3f}] |" for n, f, lo, hi in
-                      zip(c["sizes"], c["faithfulness"], c["lo"], c["hi"])]
+            lines += [
+                f"| {n} | {f:.3f} | [{lo:.3f}, {hi:.3f}] |"
+                for n, f, lo, hi in zip(c["sizes"], c["faithfulness"], c["lo"], c["hi"])
+            ]
     rows = planted_section()
     report["planted"] = rows
-    lines += ["", "## Planted circuits: precision / recall of the true components (selected: |score| >= 10% of max)", "",
-              "| model | level | method | direction | precision | recall | missed |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Planted circuits: precision / recall of the true components (selected: |score| >= 10% of max)",
+        "",
+        "| model | level | method | direction | precision | recall | missed |",
+        "|---|---|---|---|---|---|---|",
+    ]
     lines += [f"| {r['model']} | {r['level']} | {r['method']} | {r['direction']} | {r['precision']:.2f} | "
               f"{r['recall']:.2f} | {', '.join(r['missed'])} |" for r in rows]
     if model is not None:

@@ -48,13 +48,17 @@ def main() -> None:
     with torch.no_grad():
         _, clean_cache = b.run_with_cache(task.clean_tokens)
         layers = [1, 5, 9] if a.quick else None  # spread over depth: restart savings depend on the layer
-        for name, tl_fn, sites in [("resid_pre [layer, pos]", patching.get_act_patch_resid_pre, "resid_pre"),
-                                   ("heads by pos [layer, pos, head]", patching.get_act_patch_attn_head_out_by_pos, "heads")]:
+        for name, tl_fn, sites in [
+            ("resid_pre [layer, pos]", patching.get_act_patch_resid_pre, "resid_pre"),
+            ("heads by pos [layer, pos, head]", patching.get_act_patch_attn_head_out_by_pos, "heads"),
+        ]:
             if sites == "heads" and a.quick:
                 ref, t_tl = timed(lambda: _tl_heads_layers(b, task, clean_cache, metric, layers))
             else:
                 ref, t_tl = timed(lambda: tl_fn(b, task.corrupt_tokens, clean_cache, metric))
-            r, t_cl = timed(lambda: cl.patch(model, task, sites, layers=layers if sites == "heads" else None, progress=False))
+            r, t_cl = timed(
+                lambda: cl.patch(model, task, sites, layers=layers if sites == "heads" else None, progress=False)
+            )
             diff = float((r.patched - ref).abs().max())
             # the same sweep without skipping patches that write the value already there
             r2, t_all = timed(lambda: cl.patch(model, task, sites, layers=layers if sites == "heads" else None,
@@ -75,7 +79,8 @@ def main() -> None:
             hf(toks), b(toks), capture(model, toks, ["blocks.6.hook_resid_post"])
         _, t_hf = timed(lambda: hf(toks), 5)
         _, t_br = timed(lambda: b(toks), 5)
-        _, t_cache = timed(lambda: b.run_with_hooks(toks, fwd_hooks=[("blocks.6.hook_resid_post", lambda x, hook: None)]), 5)
+        noop = [("blocks.6.hook_resid_post", lambda x, hook: None)]
+        _, t_cache = timed(lambda: b.run_with_hooks(toks, fwd_hooks=noop), 5)
         _, t_cl = timed(lambda: capture(model, toks, ["blocks.11.hook_resid_post"]), 5)
         figures["cache one site"] = {"hf_forward_s": t_hf, "bridge_forward_s": t_br,
                                      "bridge_with_one_hook_s": t_cache, "circuitlab_capture_last_block_s": t_cl,

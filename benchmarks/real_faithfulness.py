@@ -86,8 +86,11 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--table", metavar="RESULTS_JSON", default=None,
                     help="print the README tables of a results file (one per task) and exit")
-    ap.add_argument("--append", action="store_true",
-                    help="keep the rows already in --out (re-measured ones are replaced) and record this run beside them")
+    ap.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the rows already in --out (re-measured ones are replaced) and record this run beside them",
+    )
     a = ap.parse_args()
     if a.table:
         print(readme_tables(json.loads(Path(a.table).read_text())["rows"]))
@@ -159,7 +162,8 @@ def readme_tables(rows: list[dict]) -> str:
         out.append(f"{task} (exact: {span(cost['exact'])} forward-pass equivalents)\n")
         out.append("| sites | " + " | ".join(f"{m} ({span(cost[m])})" for m in methods) + " |")
         out.append("|---" * (len(methods) + 1) + "|")
-        fams = sorted(dict.fromkeys(r["sites"] for r in mine), key=lambda f: SITES_ORDER.index(f) if f in SITES_ORDER else 99)
+        fams = sorted(dict.fromkeys(r["sites"] for r in mine),
+                      key=lambda f: SITES_ORDER.index(f) if f in SITES_ORDER else 99)
         for fam in fams:
             cells = []
             for m in methods:

@@ -110,8 +110,10 @@ def main() -> None:
             task.corrupt_tokens[:, 0] = first
         row = evaluate(model, task, cache)
         out["tasks"][label] = row
-        print(f"{label:22s} pair {row['pair_acc']:.3f}  top1 {row['top1_acc']:.3f}  positive {row['positive']:.3f}  "
-              f"{row['metric']} clean {row['clean']:.3f} corrupt {row['corrupt']:.3f}  ({time.perf_counter() - t:.1f}s)")
+        print(
+            f"{label:22s} pair {row['pair_acc']:.3f}  top1 {row['top1_acc']:.3f}  positive {row['positive']:.3f}  "
+            f"{row['metric']} clean {row['clean']:.3f} corrupt {row['corrupt']:.3f}  ({time.perf_counter() - t:.1f}s)"
+        )
     out["seconds"] = round(time.perf_counter() - t0, 1)
     suffix = "" if a.first_token is None else "_first-" + "".join(c for c in a.first_token if c.isalnum())
     path = Path(a.out or Path(__file__).parent / "results" / f"task_accuracy_{short}{suffix}.json")

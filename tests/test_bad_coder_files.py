@@ -27,13 +27,22 @@ def _edit_weights(folder, fn):
     save_file(t, str(folder / WEIGHTS_FILE))
 
 
-@pytest.mark.parametrize("damage, match", [
-    (lambda d: (d / WEIGHTS_FILE).write_bytes(b"not safetensors at all"), "not a readable safetensors"),
-    (lambda d: (d / CFG_FILE).write_text("{broken"), "not valid JSON"),
-    (lambda d: _edit_weights(d, lambda t: t.pop("b_dec")), "lacks the entry 'b_dec'"),
-    (lambda d: _edit_weights(d, lambda t: t.__setitem__("W_dec", t["W_dec"][:, :3].contiguous())), "do not fit the config"),
-    (lambda d: _edit_weights(d, lambda t: t["W_enc"].view(-1)[5].fill_(float("nan"))), "NaN or infinite values in W_enc"),
-])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda d: (d / WEIGHTS_FILE).write_bytes(b"not safetensors at all"), "not a readable safetensors"),
+        (lambda d: (d / CFG_FILE).write_text("{broken"), "not valid JSON"),
+        (lambda d: _edit_weights(d, lambda t: t.pop("b_dec")), "lacks the entry 'b_dec'"),
+        (
+            lambda d: _edit_weights(d, lambda t: t.__setitem__("W_dec", t["W_dec"][:, :3].contiguous())),
+            "do not fit the config",
+        ),
+        (
+            lambda d: _edit_weights(d, lambda t: t["W_enc"].view(-1)[5].fill_(float("nan"))),
+            "NaN or infinite values in W_enc",
+        ),
+    ],
+)
 def test_damaged_coder_is_refused_naming_the_folder(coder_dir, damage, match):
     damage(coder_dir)
     with pytest.raises(ValueError, match=match) as e:

@@ -141,7 +141,9 @@ def test_memory_cap_changes_chunk_not_values(gpt2, ioi_pairs):
     big = chunk_size_for(gpt2, 3, 15, 1, 10_000, memory_bytes=1 << 30)
     assert small == 1 and big > 16
     a = cl.patch(gpt2, task, "heads", memory_bytes=1, max_patches_per_pass=10_000, progress=False)
-    b = cl.patch(gpt2, task, "heads", memory_bytes=1 << 30, max_patches_per_pass=10_000, max_waste=float("inf"), progress=False)
+    b = cl.patch(
+        gpt2, task, "heads", memory_bytes=1 << 30, max_patches_per_pass=10_000, max_waste=float("inf"), progress=False
+    )
     assert a.meta["chunk_size"] == 1 and b.meta["chunk_size"] > 16
     assert a.cost.forward_passes > b.cost.forward_passes
     assert torch.allclose(a.values, b.values, atol=1e-5)

@@ -74,7 +74,9 @@ def test_page_in_browser(graph, tmp_path):
             time.sleep(0.1)
         n = d.execute_script("return document.getElementById('graph').data[2].x.length")
         assert n == len(nodes)
-        assert d.execute_script("return document.getElementById('graph').data.length") == 4  # edges, path, nodes, 1 group
+        assert (
+            d.execute_script("return document.getElementById('graph').data.length") == 4
+        )  # edges, path, nodes, 1 group
         # click the highest-influence feature node on screen
         target = max(feats, key=lambda i: float(pr.node_influence[i]))
         k = nodes.index(target)
@@ -89,7 +91,8 @@ def test_page_in_browser(graph, tmp_path):
         clicked = d.execute_script("return document.getElementById('graph').getAttribute('data-clicked')")
         assert clicked is not None, "the click did not reach the node"
         k = nodes.index(next(i for i in nodes if graph.node_id(i) == clicked))
-        on = set(json.loads(d.execute_script("return document.getElementById('graph').getAttribute('data-highlighted')")))
+        script = "return document.getElementById('graph').getAttribute('data-highlighted')"
+        on = set(json.loads(d.execute_script(script)))
         # expected: the node, its ancestors and its descendants through kept edges
         up, down = {}, {}
         for s, t, _ in edges:

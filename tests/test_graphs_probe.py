@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from circuitlab.graphs.attribute import GraphConfig
-from circuitlab.graphs.baselines import activation_similarity, cosine_clusters, layer_influence_clusters, peak_consistency
+from circuitlab.graphs.baselines import (
+    activation_similarity,
+    cosine_clusters,
+    layer_influence_clusters,
+    peak_consistency,
+)
 from circuitlab.graphs.classify import ClassifyConfig, classify
 from circuitlab.graphs.fit import FitConfig, fit_transcoders
 from circuitlab.graphs.probes import Concept, swapped_prompts, world_concepts
@@ -19,7 +24,8 @@ from circuitlab.graphs.signatures import ProbeStat, Signature
 TRAIN = ["the capital of France is Paris", "the capital of Spain is Madrid", "Mary went to Paris",
          "John went to Madrid , then to the park", "when Mary and John went to the store , John gave a drink to"]
 CONCEPTS = [Concept("France", "entity", probes=["France is in", "Mary went to France", "the store of France"]),
-            Concept("capital", "relationship", probes=["the capital of Spain is", "the capital of France", "a capital"]),
+            Concept("capital", "relationship",
+                    probes=["the capital of Spain is", "the capital of France", "a capital"]),
             Concept("Paris", "attribute", probes=["Mary went to Paris", "Paris is the capital", "the park in Paris"])]
 
 

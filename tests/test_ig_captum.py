@@ -142,7 +142,11 @@ def logit_diff_fn(hf, task):
 
 
 def base_source(task, direction):
-    return (task.corrupt_tokens, task.clean_tokens) if direction == "denoising" else (task.clean_tokens, task.corrupt_tokens)
+    return (
+        (task.corrupt_tokens, task.clean_tokens)
+        if direction == "denoising"
+        else (task.clean_tokens, task.corrupt_tokens)
+    )
 
 
 def to_nodes(family: str, scores: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -172,14 +176,16 @@ def captum_ig(hf, task, family: str, layer: int, variant: str, rule: str, steps:
             return (a_src - a_base) * mean_grad, {}
         entry = torch.nn.Identity()
         g = _with_site(f, module, on_input, e_base, entry)
-        mean_grad = captum_attr.InternalInfluence(g, entry).attribute(a_src, baselines=a_base, n_steps=steps,
-                                                                       method=method)
+        mean_grad = captum_attr.InternalInfluence(g, entry).attribute(
+            a_src, baselines=a_base, n_steps=steps, method=method
+        )
         others = {
             "IntegratedGradients": captum_attr.IntegratedGradients(g).attribute(
                 a_src, baselines=a_base, n_steps=steps, method=method),
-            "-LayerIntegratedGradients(inputs=base, baselines=source, mirrored rule)": -captum_attr.LayerIntegratedGradients(
-                f, module).attribute(e_base, baselines=e_src, n_steps=steps, method=CAPTUM_METHOD[MIRROR[rule]],
-                                     attribute_to_layer_input=on_input),
+            "-LayerIntegratedGradients(inputs=base, baselines=source, mirrored rule)":
+                -captum_attr.LayerIntegratedGradients(f, module).attribute(
+                    e_base, baselines=e_src, n_steps=steps, method=CAPTUM_METHOD[MIRROR[rule]],
+                    attribute_to_layer_input=on_input),
         }
     return (a_src - a_base) * mean_grad, others
 
@@ -236,7 +242,8 @@ def test_ig_matches_captum_at_each_site(models, arch, direction, variant, family
     """Every position (and head) of the middle layer, Gauss-Legendre (non-equal weights)."""
     m, hf, task = models(arch)
     steps, rule, layer = 4, "gauss-legendre", 1
-    r = cl.patch(m, task, family, direction=direction, method="ig", variant=variant, steps=steps, rule=rule, layers=[layer])
+    r = cl.patch(m, task, family, direction=direction, method="ig", variant=variant, steps=steps, rule=rule,
+                 layers=[layer])
     assert r.values.dtype == torch.float64
     compare(family, layer, r.values[0], hf, task, variant, rule, steps, direction, m.n_heads)
 

@@ -2,7 +2,6 @@
 
 import time
 
-import pytest
 
 import circuitlab as cl
 from browser import console_errors, driver, screenshot

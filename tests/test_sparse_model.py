@@ -41,7 +41,9 @@ def test_cache_written_atomically_and_streamed_per_shard(gpt2, tmp_path, monkeyp
     import circuitlab.sparse.store as store
 
     monkeypatch.setattr(store, "documents", lambda seed, n: [DOCS[seed % len(DOCS)]] * n)
-    src = ActivationSource([gpt2], SourceSpec(("blocks.0.hook_resid_mid",), ("blocks.0.hook_mlp_out",)), Exclusion(), 16)
+    src = ActivationSource(
+        [gpt2], SourceSpec(("blocks.0.hook_resid_mid",), ("blocks.0.hook_mlp_out",)), Exclusion(), 16
+    )
     plan = ShardPlan(seed=1, shard_tokens=40, docs_per_batch=4)
     cache = ActivationCache(tmp_path / "c").build(src, plan, 3)
     assert cache.n_shards == 3 and not list((tmp_path / "c").glob(".*tmp"))

@@ -46,7 +46,9 @@ def test_random_decoder_has_low_mmcs_and_recovers_nothing():
 def test_threshold_is_inclusive_and_per_feature_is_the_max_cosine():
     true = torch.eye(3, 4)
     # row 0: cosine exactly 3/5 with feature 0; row 1: 0.95 with feature 1; row 2: 1 with feature 2
-    dec = torch.tensor([[3.0, 0, 0, 4], [0, 0.95, 0, (1 - 0.95**2) ** 0.5], [0, 0, 2, 0], [0, 0, 0, 0]], dtype=torch.float64)
+    dec = torch.tensor(
+        [[3.0, 0, 0, 4], [0, 0.95, 0, (1 - 0.95**2) ** 0.5], [0, 0, 2, 0], [0, 0, 0, 0]], dtype=torch.float64
+    )
     r = recovery(dec, true, threshold=0.6)
     assert r["per_feature"] == pytest.approx([0.6, 0.95, 1.0], abs=1e-12)
     assert r["recovered"] == 1.0 and r["threshold"] == 0.6  # 0.6 >= 0.6

@@ -47,7 +47,8 @@ LENS_SCRIPT = textwrap.dedent("""
           "standard": StandardSAE(StandardSAEConfig(d_in=16, d_sae=48)),
           "jumprelu": JumpReLUSAE(JumpReLUSAEConfig(d_in=16, d_sae=48)),
           "topk": TopKSAE(TopKSAEConfig(d_in=16, d_sae=48, k=5)),
-          "skip_transcoder": SkipTranscoder(SkipTranscoderConfig(d_in=16, d_sae=48, d_out=16, apply_b_dec_to_input=False)),
+          "skip_transcoder": SkipTranscoder(
+              SkipTranscoderConfig(d_in=16, d_sae=48, d_out=16, apply_b_dec_to_input=False)),
         }
         for name, sae in made.items():
             with torch.no_grad():

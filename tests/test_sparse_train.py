@@ -63,7 +63,9 @@ def test_dead_latents_tracked_in_tokens_and_auxk_revives(tmp_path):
     c = {"topk": make_coder(config_class("topk")(d_in=16, d_sae=64, k=2, aux_k=8, seed=1))}
     with torch.no_grad():  # nearly kill half the latents: they (almost) never win the top-k
         c["topk"].b_enc[:32] = -3.0
-    t = Trainer(c, ShardLoader(DATA.shard, 6, 128), _cfg(total_tokens=128 * 60, checkpoint_every=0, log_every=5), tmp_path)
+    t = Trainer(
+        c, ShardLoader(DATA.shard, 6, 128), _cfg(total_tokens=128 * 60, checkpoint_every=0, log_every=5), tmp_path
+    )
     t.run(sample=DATA.shard(0))
     assert t.dead_window == 128 * 3
     assert any(h["topk.dead"] > 0.2 for h in t.history)
@@ -79,7 +81,8 @@ def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
             r.x[5, 0] = float("nan")
         return r
 
-    t = Trainer({"relu": _coders()["relu"]}, ShardLoader(bad, 6, 128, buffer_shards=1), _cfg(checkpoint_every=2), tmp_path)
+    t = Trainer({"relu": _coders()["relu"]}, ShardLoader(bad, 6, 128, buffer_shards=1), _cfg(checkpoint_every=2),
+                tmp_path)
     with pytest.raises(NonFiniteLoss, match="last good checkpoint is .*latest.json"):
         t.run(sample=DATA.shard(0))
     info = json.loads((tmp_path / "checkpoints/latest.json").read_text())
@@ -92,7 +95,8 @@ def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
 def test_batchtopk_exports_as_jumprelu_with_same_l0_and_fvu(tmp_path):
     data = ToyData(d=16, n_features=48, shard_tokens=1024, seed=3)
     c = make_coder(config_class("batchtopk")(d_in=16, d_sae=64, k=4, seed=0))
-    t = Trainer({"b": c}, ShardLoader(data.shard, 8, 256), _cfg(total_tokens=256 * 150, batch_size=256, checkpoint_every=0), tmp_path)
+    cfg = _cfg(total_tokens=256 * 150, batch_size=256, checkpoint_every=0)
+    t = Trainer({"b": c}, ShardLoader(data.shard, 8, 256), cfg, tmp_path)
     t.run(sample=data.shard(0))
     held = data.shard(99)
     coder = t.coders["b"]

@@ -25,7 +25,9 @@ def _block_outputs(model, text: str, layer: int) -> torch.Tensor:
     """Output of HF block ``layer`` (the residual after it) [pos, d], read with a plain
     PyTorch forward hook on the unwrapped Hugging Face model."""
     got = {}
-    h = model.layers[layer].register_forward_hook(lambda mod, args, out: got.update(x=out[0] if isinstance(out, tuple) else out))
+    h = model.layers[layer].register_forward_hook(
+        lambda mod, args, out: got.update(x=out[0] if isinstance(out, tuple) else out)
+    )
     try:
         with torch.no_grad():
             model.bridge.original_model(model.to_tokens(text)[None])
@@ -38,11 +40,16 @@ def test_mean_diff_matches_brute_force(gpt2z):
     a = [FRANCE, "Mary went to the park and", "The capital of the country Spain is"]
     b = [SPAIN, "John found a book at the"]
     v = steering_vector(gpt2z, a, b, layer=1, site="resid_post", position=-1, batch_size=2)
-    mean = lambda texts: torch.stack([_block_outputs(gpt2z, t, 1)[-1] for t in texts]).mean(0)
+    def mean(texts):
+        return torch.stack([_block_outputs(gpt2z, t, 1)[-1] for t in texts]).mean(0)
+
     torch.testing.assert_close(v.vector, mean(a) - mean(b), atol=1e-5, rtol=1e-5)
-    assert (v.site, v.layer, v.hook, v.meta["n_a"], v.meta["n_b"]) == ("resid_post", 1, "blocks.1.hook_resid_post", 3, 2)
+    expected = ("resid_post", 1, "blocks.1.hook_resid_post", 3, 2)
+    assert (v.site, v.layer, v.hook, v.meta["n_a"], v.meta["n_b"]) == expected
     v2 = steering_vector(gpt2z, a, b, layer=1, site="resid_post", position=2)
-    mean2 = lambda texts: torch.stack([_block_outputs(gpt2z, t, 1)[2] for t in texts]).mean(0)
+    def mean2(texts):
+        return torch.stack([_block_outputs(gpt2z, t, 1)[2] for t in texts]).mean(0)
+
     torch.testing.assert_close(v2.vector, mean2(a) - mean2(b), atol=1e-5, rtol=1e-5)
 
 
@@ -66,7 +73,9 @@ def test_caa_matches_brute_force_and_flips_with_the_pairs(gpt2z):
     pairs = [("The capital of France is", " Paris", " Madrid"),
              {"prompt": "The capital of Spain is", "matching": " Madrid", "non_matching": " Paris"}]
     v = steering_vector(gpt2z, pairs, layer=2, site="resid_pre", method="caa")
-    at = lambda text: _block_outputs(gpt2z, text, 1)[-1]  # resid_pre of block 2 = output of block 1
+    def at(text):  # resid_pre of block 2 = output of block 1
+        return _block_outputs(gpt2z, text, 1)[-1]
+
     want = ((at(FRANCE + " Paris") - at(FRANCE + " Madrid")) + (at(SPAIN + " Madrid") - at(SPAIN + " Paris"))) / 2
     torch.testing.assert_close(v.vector, want, atol=1e-5, rtol=1e-5)
     swapped = steering_vector(gpt2z, [(p, n, m) for p, m, n in [pairs[0], tuple(pairs[1].values())]],

@@ -34,13 +34,25 @@ def test_torchrun_two_processes_matches_one(tiny_dir, six_pairs, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("\n".join(json.dumps(p) for p in six_pairs))
     model = str(tiny_dir("gpt2"))
-    args = ["sweep", "--model", model, "--task", str(pairs), "--sites", "heads", "--method", "atp,exact", "--batch-size", "2"]
+    args = [
+        "sweep",
+        "--model",
+        model,
+        "--task",
+        str(pairs),
+        "--sites",
+        "heads",
+        "--method",
+        "atp,exact",
+        "--batch-size",
+        "2",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     one = subprocess.run([sys.executable, "-m", "circuitlab.cli", *args, "--out", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-                          "-m", "circuitlab.cli", *args, "--out", str(tmp_path / "two")],
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    two = subprocess.run([*torchrun, "-m", "circuitlab.cli", *args, "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     for stem in ("heads_exact_denoising", "heads_atp_denoising"):

@@ -71,7 +71,25 @@ def save_tiny(folder: Path, arch: str, seed: int = 0) -> Path:
 
 
 IOI_PAIRS = [
-    {"clean": "when Mary and John went to the store , John gave a drink to", "corrupt": "when Mary and John went to the store , Anna gave a drink to", "answer": " Mary", "wrong": " John", "roles": {"IO": 2, "S1": 4, "S2": 11}},
-    {"clean": "when John and Mary went to the park , Mary gave a book to", "corrupt": "when John and Mary went to the park , Tom gave a book to", "answer": " John", "wrong": " Mary", "roles": {"IO": 2, "S1": 4, "S2": 11}},
-    {"clean": "then Tom and Anna went to the store , Anna gave a drink", "corrupt": "then Tom and Anna went to the store , Mary gave a drink", "answer": " Tom", "wrong": " Anna", "roles": {"IO": 2, "S1": 4, "S2": 11}},
+    {
+        "clean": "when Mary and John went to the store , John gave a drink to",
+        "corrupt": "when Mary and John went to the store , Anna gave a drink to",
+        "answer": " Mary",
+        "wrong": " John",
+        "roles": {"IO": 2, "S1": 4, "S2": 11},
+    },
+    {
+        "clean": "when John and Mary went to the park , Mary gave a book to",
+        "corrupt": "when John and Mary went to the park , Tom gave a book to",
+        "answer": " John",
+        "wrong": " Mary",
+        "roles": {"IO": 2, "S1": 4, "S2": 11},
+    },
+    {
+        "clean": "then Tom and Anna went to the store , Anna gave a drink",
+        "corrupt": "then Tom and Anna went to the store , Mary gave a drink",
+        "answer": " Tom",
+        "wrong": " Anna",
+        "roles": {"IO": 2, "S1": 4, "S2": 11},
+    },
 ]
