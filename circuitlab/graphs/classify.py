@@ -65,8 +65,10 @@ def classify(sig: Signature, n_layers: int, cfg: Optional[ClassifyConfig] = None
 
 
 @dataclass
-class Supernode:
-    """A named group of features (each feature in at most one supernode)."""
+class FeatureGroup:
+    """A supernode of a graph: a named group of features (each feature in at most one group).
+
+    Not to be confused with ``graphs.targets.Supernode``, which groups intervention targets."""
 
     label: str
     kind: str
@@ -76,13 +78,13 @@ class Supernode:
 
 
 def build_supernodes(sigs: Sequence[Signature], classes: Sequence[str], concepts: Sequence[Concept],
-                     answer: str = "") -> list[Supernode]:
+                     answer: str = "") -> list[FeatureGroup]:
     """One supernode per concept plus ``Say "answer"``; Say-X features go to the latter,
     Relationship features to the relationship concept they activate most on, Semantic ones to
     the concept whose label they peak on most (ties: highest mean activation). 'review'
     features stay out."""
-    nodes = {c.label: Supernode(c.label, c.category) for c in concepts}
-    say = Supernode(f'Say "{answer.strip()}"' if answer else "Say X", "say")
+    nodes = {c.label: FeatureGroup(c.label, c.category) for c in concepts}
+    say = FeatureGroup(f'Say "{answer.strip()}"' if answer else "Say X", "say")
     rel = [c.label for c in concepts if c.category == "relationship"]
     for sig, cls in zip(sigs, classes):
         if cls == "review" or not sig.fired:

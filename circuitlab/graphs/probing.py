@@ -15,7 +15,7 @@ import torch
 
 from circuitlab.graphs.attribute import GraphConfig, attribute
 from circuitlab.graphs.baselines import coherence, cosine_clusters, layer_influence_clusters
-from circuitlab.graphs.classify import ClassifyConfig, Supernode, build_supernodes, classify
+from circuitlab.graphs.classify import ClassifyConfig, FeatureGroup, build_supernodes, classify
 from circuitlab.graphs.graph import Graph
 from circuitlab.graphs.probes import Concept, swapped_prompts, world_concepts
 from circuitlab.graphs.prune import prune, pruned_graph, scores, subgraph_scores
@@ -51,7 +51,7 @@ class ProbeResult:
     influence: list[float]
     classes: list[str]
     rules: list[str]
-    supernodes: list[Supernode]
+    supernodes: list[FeatureGroup]
     scores: dict
     """full / pruned / probe-subgraph replacement and completeness."""
     coherence: dict
