@@ -200,7 +200,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     out = Path(a.out)
-    from circuitlab.result import atomic_write
+    from circuitlab.io import atomic_write
 
     atomic_write(out, lambda p: Path(p).write_text(json.dumps(report, indent=1, default=str)))
     atomic_write(out.with_suffix(".md"), lambda p: Path(p).write_text(text + "\n"))

@@ -119,7 +119,7 @@ def main(argv=None) -> int:
                    "seconds_total": time.perf_counter() - t0, "cpu": platform.processor() or platform.machine(),
                    "threads": a.threads, "torch": torch.__version__}
     print(table(res))
-    from circuitlab.result import atomic_write
+    from circuitlab.io import atomic_write
 
     text = json.dumps(res, indent=1, default=float)
     atomic_write(Path(a.out), lambda p: Path(p).write_text(text))

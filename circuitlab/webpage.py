@@ -64,7 +64,7 @@ def plotly_js() -> str:
 
 def bundle_plotly(folder: str | Path) -> Path:
     """Write ``folder/plotly.min.js`` unless an identical copy is there; return its path."""
-    from circuitlab.result import atomic_write
+    from circuitlab.io import atomic_write
 
     path = Path(folder) / PLOTLY_FILE
     js = plotly_js()
@@ -92,7 +92,7 @@ def page(title: str, body: str, head: str = "") -> Html:
 
 def write_html(path: str | Path, markup: str, plotly_file: bool = False) -> Path:
     """Write a page atomically; with ``plotly_file``, bundle plotly.js beside it."""
-    from circuitlab.result import atomic_write
+    from circuitlab.io import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -205,7 +205,7 @@ def test_live_writers_staging_folder_is_left_alone(tmp_path):
 
 @pytest.mark.parametrize("exchange", [True, False])
 def test_atomic_folder_replaces_in_one_step(tmp_path, monkeypatch, exchange):
-    from circuitlab import result as io
+    from circuitlab import io
 
     if not exchange:
         monkeypatch.setattr(io, "_exchange", lambda a, b: False)

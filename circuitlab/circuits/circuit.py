@@ -18,7 +18,8 @@ from typing import Union
 import torch
 
 from circuitlab.circuits.scores import EdgeScores
-from circuitlab.result import DirectEffects, Result, atomic_write, result_files
+from circuitlab.result import DirectEffects, Result
+from circuitlab.io import atomic_write, check_format, format_tag, result_files
 
 Scores = Union[EdgeScores, Result, DirectEffects, dict]
 
@@ -56,7 +57,7 @@ class Circuit:
 
     def save(self, path: str | Path) -> Path:
         path = result_files(path)[0]
-        text = json.dumps({"format": "circuitlab.circuit/1", "kind": self.kind, "items": sorted(self.items)}, indent=1)
+        text = json.dumps({"format": format_tag("circuit"), "kind": self.kind, "items": sorted(self.items)}, indent=1)
         atomic_write(path, lambda p: Path(p).write_text(text))
         return path
 
@@ -66,8 +67,7 @@ class Circuit:
         if not path.exists():
             raise FileNotFoundError(f"no circuit file {path}")
         info = json.loads(path.read_text())
-        if info.get("format") != "circuitlab.circuit/1":
-            raise ValueError(f"{path} is not a circuitlab circuit file")
+        check_format(info, "circuit", path)
         return Circuit(info["kind"], frozenset(info["items"]))
 
     def __repr__(self) -> str:

@@ -24,7 +24,7 @@ from circuitlab.circuits.graph import ComponentGraph, component_graph
 from circuitlab.engine.cache import capture
 from circuitlab.engine.forward import final_logits, gather_positions, run_to_final
 from circuitlab.engine.sites import hook_name
-from circuitlab.result import atomic_write, result_files
+from circuitlab.io import atomic_write, check_format, format_tag, result_files
 
 ABLATIONS = ("resample", "mean")
 
@@ -233,7 +233,7 @@ class FaithfulnessCurve:
         d = {k: getattr(self, k) for k in ("kind", "sizes", "faithfulness", "lo", "hi", "total", "ablation",
                                             "threshold", "smallest", "meta")}
         d["smallest_circuit"] = sorted(self.smallest_circuit.items) if self.smallest_circuit else None
-        d["format"] = "circuitlab.faithfulness/1"
+        d["format"] = format_tag("faithfulness")
         return d
 
     def save(self, path: str | Path) -> Path:
@@ -245,8 +245,8 @@ class FaithfulnessCurve:
     @staticmethod
     def load(path: str | Path) -> "FaithfulnessCurve":
         d = json.loads(result_files(path)[0].read_text())
-        if d.pop("format", None) != "circuitlab.faithfulness/1":
-            raise ValueError(f"{path} is not a circuitlab faithfulness curve")
+        check_format(d, "faithfulness", path, "faithfulness curve")
+        d.pop("format")
         sc = d.pop("smallest_circuit")
         return FaithfulnessCurve(**d, smallest_circuit=Circuit(d["kind"], frozenset(sc)) if sc is not None else None)
 

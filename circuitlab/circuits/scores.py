@@ -10,9 +10,9 @@ from typing import Any, Optional
 import torch
 
 from circuitlab.circuits.graph import ComponentGraph
-from circuitlab.result import Cost, atomic_files, result_files
+from circuitlab.result import Cost
+from circuitlab.io import atomic_files, check_format, format_tag, result_files
 
-FORMAT = "circuitlab.edges/1"
 
 
 @dataclass
@@ -87,7 +87,8 @@ class EdgeScores:
 
         path = Path(path)
         tensors = {"values": self.values.detach().cpu().contiguous(), "mask": self.mask.cpu().contiguous()}
-        info = {"format": FORMAT, "senders": self.senders, "receivers": self.receivers, "method": self.method,
+        info = {"format": format_tag("edges"), "senders": self.senders, "receivers": self.receivers,
+                "method": self.method,
                 "direction": self.direction, "metric": self.metric, "baseline": self.baseline,
                 "positions": self.positions, "cost": vars(self.cost), "meta": self.meta}
         js, st = result_files(path)
@@ -104,8 +105,7 @@ class EdgeScores:
         if not js.exists():
             raise FileNotFoundError(f"no edge-score file {js}")
         info = json.loads(js.read_text())
-        if info.get("format") != FORMAT:
-            raise ValueError(f"{js} is not a circuitlab edge-score file")
+        check_format(info, "edges", js, "edge-score")
         try:
             t = load_file(str(st))
         except Exception as e:

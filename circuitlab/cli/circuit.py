@@ -71,7 +71,7 @@ def run(a) -> None:
     kwargs = {"steps": a.steps} if "steps" in cc.METHODS[a.method].option_names else {}
     scores = cc.edges(model, task, a.method, a.direction, **kwargs)
     scores.save(out / "edges")
-    from circuitlab.result import atomic_write
+    from circuitlab.io import atomic_write
 
     atomic_write(out / "edges.csv", lambda p: scores.to_frame().to_csv(p, index=False))
     ev = Evaluator(model, task, a.ablation)

@@ -89,7 +89,7 @@ def feature_labels(model, tcs, graph, pruned) -> dict[str, list[str]]:
 
 def write_json(path: Path, data) -> None:
     """``data`` as indented JSON, written atomically."""
-    from circuitlab.result import atomic_write
+    from circuitlab.io import atomic_write
 
     text = json.dumps(data, indent=1, default=float)
     atomic_write(path, lambda p: Path(p).write_text(text))

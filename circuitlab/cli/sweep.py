@@ -125,7 +125,7 @@ def _agreement(results: dict, site_list: list[str], specs: dict) -> list[list]:
 def _write_table(path: Path, rows) -> None:
     import csv
 
-    from circuitlab.result import atomic_write
+    from circuitlab.io import atomic_write
 
     def w(p):
         with open(p, "w", newline="") as f:

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 from circuitlab.graphs.graph import Graph
 from circuitlab.graphs.prune import Pruned, prune
-from circuitlab.result import atomic_write
+from circuitlab.io import atomic_write
 
 SCHEMA_VERSION = 1
 CIRCUIT_TRACER_VERSION = "0.5.0"

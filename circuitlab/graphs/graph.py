@@ -16,9 +16,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from circuitlab.result import atomic_folder
+from circuitlab.io import atomic_folder, check_format, format_tag
 
-FORMAT = "circuitlab-graph/1"
 
 
 @dataclass
@@ -192,7 +191,8 @@ class Graph:
         t = {k: getattr(self, k).detach().contiguous().cpu() for k in
              ("tokens", "active_features", "activations", "selected", "logit_tokens", "logit_probs", "adjacency",
               "bias", "preact")}
-        meta = {"format": FORMAT, "prompt": self.prompt, "token_strs": self.token_strs, "n_layers": self.n_layers,
+        meta = {"format": format_tag("graph"), "prompt": self.prompt, "token_strs": self.token_strs,
+                "n_layers": self.n_layers,
                 "logit_strs": self.logit_strs, "scan": self.scan, "model_name": self.model_name, "meta": self.meta}
         text = json.dumps(meta, indent=1)
         with atomic_folder(path) as tmp:
@@ -208,8 +208,7 @@ class Graph:
         if not (path / "graph.json").exists() or not (path / "graph.safetensors").exists():
             raise FileNotFoundError(f"{path} is not a saved graph: expected graph.json and graph.safetensors")
         meta = json.loads((path / "graph.json").read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: unknown graph format {meta.get('format')!r} (expected {FORMAT})")
+        check_format(meta, "graph", path, "graph", also=("circuitlab-graph/1",))
         t = load_file(str(path / "graph.safetensors"))
         return cls(prompt=meta["prompt"], token_strs=meta["token_strs"], n_layers=meta["n_layers"],
                    logit_strs=meta["logit_strs"], scan=meta["scan"], model_name=meta["model_name"],

@@ -21,7 +21,7 @@ import torch
 from circuitlab.data import DEFAULT, HELDOUT_SEED, Document, heldout
 from circuitlab.engine.forward import final_logits, run_to_final
 from circuitlab.sparse.splice import splice
-from circuitlab.result import atomic_write
+from circuitlab.io import atomic_write
 from circuitlab.sparse.base import SparseCoder, spread
 from circuitlab.sparse.store import ActivationSource, Exclusion, SourceSpec, keep_mask, tokenize_documents
 

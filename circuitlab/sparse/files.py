@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from circuitlab.result import atomic_folder
+from circuitlab.io import atomic_folder
 from circuitlab.sparse.base import CoderConfig, SparseCoder, coder_class, config_class, load_architectures, make_coder
 
 CFG_FILE = "cfg.json"

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from circuitlab.result import atomic_write
+from circuitlab.io import atomic_write
 from circuitlab.sparse.base import make_coder
 from circuitlab.sparse.config import TrainFile, coder_config, default_name
 from circuitlab.sparse.dist import init_comm

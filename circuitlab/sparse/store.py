@@ -21,7 +21,7 @@ import torch
 
 from circuitlab.data import DEFAULT, Document, fingerprint, open_source, pad_documents
 from circuitlab.engine.cache import capture
-from circuitlab.result import atomic_write
+from circuitlab.io import atomic_write
 
 
 @dataclass

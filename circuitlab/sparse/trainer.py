@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from circuitlab.result import atomic_write
+from circuitlab.io import atomic_write
 from circuitlab.sparse.base import Comm, LossContext, SparseCoder, spread
 from circuitlab.sparse.store import Rows, ShardLoader
 

@@ -147,7 +147,7 @@ def run_demo(model: Optional[str] = None, task: Optional[str] = None, out: str |
         t = load_task(m, tname, n, 0)
         summary[t.name] = analyse(m, t, report, out, t.name, steps)
     path = report.save(out / "report.html")
-    from circuitlab.result import atomic_write
+    from circuitlab.io import atomic_write
 
     text = json.dumps({"model": m.name, "seconds": time.perf_counter() - t0, "head_kinds": head_kinds,
                        "tasks": summary}, indent=1, default=str)
