@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Optional
 
 import torch
+from einops import rearrange
 from torch import nn
 
 ARCHITECTURES: dict[str, type["SparseCoder"]] = {}
@@ -337,12 +338,12 @@ class SparseCoder(nn.Module):
     # -- training --------------------------------------------------------------------------
     def decoder_norms(self) -> torch.Tensor:
         """[d_sae] sum over targets of each latent's decoder-row norm (crosscoder penalty)."""
-        T = self.cfg.n_targets_
-        return self.W_dec.view(self.d_sae, T, -1).norm(dim=-1).sum(-1)
+        return self.source_norms().sum(-1)
 
     def source_norms(self) -> torch.Tensor:
         """[d_sae, n_targets] decoder norm per target: where / when a crosscoder feature lives."""
-        return self.W_dec.view(self.d_sae, self.cfg.n_targets_, -1).norm(dim=-1)
+        per_target = rearrange(self.W_dec, "f (target d) -> f target d", target=self.cfg.n_targets_)
+        return per_target.norm(dim=-1)
 
     def train_forward(self, x: torch.Tensor, ctx: LossContext) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Latents used in training (may differ from inference, e.g. BatchTopK), the

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
+from einops import rearrange
 
 from circuitlab.data import DEFAULT, Document, fingerprint, open_source, pad_documents
 from circuitlab.engine.cache import capture
@@ -177,7 +178,7 @@ class ActivationSource:
                              f"({describe_counts(self.last_counts)}); check the model and the hooks "
                              f"{', '.join(self.spec.hooks_in)}")
         d = self.models[0].d_model
-        per_source = r.x.view(len(r), -1, d).norm(dim=-1).amax(-1)
+        per_source = rearrange(r.x, "n (source d) -> n source d", d=d).norm(dim=-1).amax(-1)
         return float(factor * per_source.median())
 
 

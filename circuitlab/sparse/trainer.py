@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from einops import rearrange
 
 from circuitlab.io import atomic_write
 from circuitlab.sparse.base import Comm, LossContext, SparseCoder, spread
@@ -268,12 +269,12 @@ class Trainer:
             x = sample.x.float()
             y = x if sample.y is None or cfg.autoencoder else sample.y.float()
             if self.cfg.normalize:
-                xs = x.view(len(x), cfg.n_sources, cfg.d_in).norm(dim=-1).mean(0)
+                xs = rearrange(x, "n (source d) -> n source d", source=cfg.n_sources).norm(dim=-1).mean(0)
                 c.in_scale.copy_(math.sqrt(cfg.d_in) / xs.clamp_min(1e-12))
                 if cfg.autoencoder:
                     c.out_scale.copy_(c.in_scale)
                 else:
-                    ys = y.view(len(y), cfg.n_targets_, cfg.d_out_).norm(dim=-1).mean(0)
+                    ys = rearrange(y, "n (target d) -> n target d", target=cfg.n_targets_).norm(dim=-1).mean(0)
                     c.out_scale.copy_(math.sqrt(cfg.d_out_) / ys.clamp_min(1e-12))
             ys_ = y * c.out_scale.repeat_interleave(cfg.d_out_)
             if self.cfg.b_dec_init == "geometric_median":
