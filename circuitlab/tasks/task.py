@@ -138,7 +138,6 @@ def from_pairs(
     pairs: list[dict] | str | Path,
     metric: str | Callable = "logit_diff",
     name: str = "pairs",
-    normalize_baselines: bool = True,
 ) -> Task:
     """Build a task from records {"clean", "corrupt", "answer", "wrong"} (a list or a JSONL
     path). Optional per-record "roles": {name: token position, BOS at 0}.
