@@ -53,11 +53,9 @@ def world_concepts(prompt: str, answer: Optional[str] = None, n_probes: int = 6,
     the subject entity, the relation, and the answer, each with probes built from the zoo's
     training templates (phrasings the model was trained on). [] when the prompt has no
     country or language of the zoo world."""
-    try:
-        from circuitlab.zoo import templates as T
-        from circuitlab.zoo.world import COUNTRIES
-    except ImportError:
-        return []
+    from circuitlab.zoo import templates as T
+    from circuitlab.zoo.world import COUNTRIES
+
     c = _find_country(prompt)
     if c is None:
         return []
@@ -104,10 +102,8 @@ def world_concepts(prompt: str, answer: Optional[str] = None, n_probes: int = 6,
 def swapped_prompts(prompt: str, n: int = 5, seed: int = 0) -> list[tuple[str, str]]:
     """(entity swapped in, prompt) pairs: the prompt's country (or language) replaced by others'
     (Dallas -> Oakland). [] outside the zoo world."""
-    try:
-        from circuitlab.zoo.world import COUNTRIES
-    except ImportError:
-        return []
+    from circuitlab.zoo.world import COUNTRIES
+
     c = _find_country(prompt)
     if c is None:
         return []

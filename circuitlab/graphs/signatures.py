@@ -25,13 +25,10 @@ PUNCT = {".", ",", "!", "?", ";", ":", "<bos>"}
 def functional_words() -> set[str]:
     """Punctuation and function words (the zoo world's glue words when available)."""
     words = set(PUNCT) | {"the", "a", "an", "of", "to", "in", "is", "and", "was", "at", "on", "by", "for", "it", "its"}
-    try:
-        from circuitlab.zoo.world import FUNCTION_WORDS
+    from circuitlab.zoo.world import FUNCTION_WORDS
 
-        words |= {w for w in FUNCTION_WORDS if w not in ("capital", "country", "city", "language", "continent",
-                                                          "speak", "spoken", "people", "People", "official")}
-    except ImportError:
-        pass
+    words |= {w for w in FUNCTION_WORDS if w not in ("capital", "country", "city", "language", "continent",
+                                                      "speak", "spoken", "people", "People", "official")}
     return words
 
 
