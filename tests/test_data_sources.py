@@ -345,3 +345,21 @@ def test_dashboard_cards_read_the_sources_held_out_documents(text_file, zoo_mode
     assert len(contexts) >= 8
     assert all(inside(w, held) for w in contexts)
     assert not all(inside(w, train) for w in contexts if len(w) >= 6)  # long windows are document-specific
+
+
+def test_functional_words_from_a_text_source(tmp_path):
+    """The most frequent words of a text are its function words: a source where 'the' and 'of'
+    dominate gives them, and no rare content word."""
+    import circuitlab as cl
+    from circuitlab.graphs.signatures import PUNCT, functional_words
+
+    model = cl.load("gpt2-zoo")
+    text = tmp_path / "glue.txt"
+    lines = ["the capital of France is Paris", "the language of Spain is Spanish",
+             "the capital of Italy is Rome"] * 20
+    text.write_text("\n".join(lines) + "\n")
+    words = functional_words(model.tokenizer, data=f"text:{text}", n=3)
+    assert {"the", "of", "is"} <= words and PUNCT <= words
+    assert not {"Paris", "Rome", "Spanish"} & words
+    with pytest.raises(ValueError, match="tokenizer"):
+        functional_words(data=f"text:{text}")

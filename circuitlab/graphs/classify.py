@@ -37,7 +37,8 @@ class ClassifyConfig:
     late_frac: float = 0.5
     """Layers >= late_frac * n_layers are late (Gemma-2-2B: about 13 of 26)."""
     functional: Optional[set[str]] = None
-    """Functional tokens (default: punctuation and the zoo's function words)."""
+    """Functional tokens (default: punctuation and the zoo's function words; for another model or
+    language, ``signatures.functional_words(tokenizer, data=SOURCE)``)."""
 
     def cutoffs(self, n_layers: int) -> tuple[int, int]:
         """(first non-early layer, first late layer) for a model of ``n_layers``."""

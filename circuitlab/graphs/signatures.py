@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -22,8 +22,19 @@ from circuitlab.graphs.transcoders import TranscoderSet
 PUNCT = {".", ",", "!", "?", ";", ":", "<bos>"}
 
 
-def functional_words() -> set[str]:
-    """Punctuation and function words (the zoo world's glue words when available)."""
+def functional_words(tokenizer=None, data: Optional[str] = None, n: int = 40) -> set[str]:
+    """Punctuation and function words.
+
+    Default: English glue words and the zoo world's. With ``data`` (any circuitlab.data source)
+    and the model's ``tokenizer``: punctuation plus the ``n`` most frequent word tokens of that
+    text, which by Zipf's law are its function words, so the classification follows the
+    language and vocabulary of the model at hand."""
+    if data is not None:
+        if tokenizer is None:
+            raise ValueError("functional_words(data=...) needs the model's tokenizer to count word tokens")
+        from circuitlab.data import token_pool
+
+        return set(PUNCT) | {tokenizer.decode([i]).strip() for i in token_pool(tokenizer, data, n)}
     words = set(PUNCT) | {"the", "a", "an", "of", "to", "in", "is", "and", "was", "at", "on", "by", "for", "it", "its"}
     from circuitlab.zoo.world import FUNCTION_WORDS
 
