@@ -14,8 +14,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from circuitlab.engine.norms import NormParams, norm_params
-from circuitlab.engine.sites import hook_name, norm_path, parse_hook
+from circuitlab.engine.norms import NormParams
+from circuitlab.engine.sites import hook_name, parse_hook
 from circuitlab.models.adapters.base import Adapter
 
 
@@ -96,8 +96,16 @@ class Generic(Adapter):
         return None
 
     def norm(self, name: str, layer: Optional[int] = None) -> NormParams:
-        self.norm_module(name, layer)  # a clear error for a norm this model lacks
-        return norm_params(self.bridge, norm_path(name, layer))
+        ln = self.norm_module(name, layer)  # a clear error for a norm this model lacks
+        comp = ln.original_component
+        eps = getattr(comp, "eps", None) or getattr(comp, "variance_epsilon", None) or 1e-5
+        rms = bool(getattr(ln, "uses_rms_norm", False))
+        weight = getattr(ln, "weight", None)
+        if weight is not None and getattr(ln, "uses_weight_offset", False):
+            weight = 1.0 + weight
+        bias = getattr(comp, "bias", None) if not rms else None
+        return NormParams(float(eps), rms, None if weight is None else weight.detach(),
+                          None if bias is None else bias.detach())
 
     @property
     def logit_softcap(self) -> Optional[float]:
