@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
-import importlib
 import inspect
-import pkgutil
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
+from circuitlab.discovery import import_modules
 from circuitlab.validate import COMMON_OPTIONS, check_choice, suggest
 
 NODE_ARGUMENTS = ("model", "task", "sites", "direction", "positions")
@@ -123,8 +122,7 @@ class Registry(Mapping[str, Method]):
         self._loaded = True  # set first: a module that reads the registry while loading sees it as is
         try:
             for pkg in self.packages:
-                for info in pkgutil.iter_modules(importlib.import_module(pkg).__path__):
-                    importlib.import_module(f"{pkg}.{info.name}")
+                import_modules(pkg)
         except BaseException:
             self._loaded = False
             raise

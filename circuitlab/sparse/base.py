@@ -12,15 +12,15 @@ function and the sparsity term; each lives in its own file and registers itself 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Optional
 
 import torch
 from einops import rearrange
 from torch import nn
+
+from circuitlab.discovery import import_modules
 
 ARCHITECTURES: dict[str, type["SparseCoder"]] = {}
 """name -> coder class (filled by ``@register`` as ``load_architectures`` imports the modules)."""
@@ -46,10 +46,7 @@ def load_architectures() -> dict[str, type["SparseCoder"]]:
     its ``@register`` line; nothing else names it."""
     global _loaded
     if not _loaded:
-        from circuitlab.sparse import architectures
-
-        for m in pkgutil.iter_modules(architectures.__path__):
-            importlib.import_module(f"{architectures.__name__}.{m.name}")
+        import_modules("circuitlab.sparse.architectures")
         _loaded = True
     return ARCHITECTURES
 

@@ -6,9 +6,7 @@ the first time an adapter is looked up, so a new family is one new module (and i
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from circuitlab.discovery import import_modules
 from circuitlab.models.adapters.base import Adapter
 
 ADAPTERS: dict[str, type[Adapter]] = {}
@@ -52,8 +50,5 @@ def _load_families() -> None:
     global _loaded
     if _loaded:
         return
-    import circuitlab.models.adapters as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{info.name}")
+    import_modules("circuitlab.models.adapters")
     _loaded = True
