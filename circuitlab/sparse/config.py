@@ -48,6 +48,11 @@ class RunConfig:
     """Shards shuffled together (the shuffle buffer)."""
     cache_dir: str = ""
     """Folder for an on-disk activation cache reused across runs ("" = gather on the fly)."""
+    shared_stream: bool = False
+    """One activation stream for every coder on the same models, whatever its site: each forward
+    pass gathers the union of the coders' hooks and each coder reads its own columns (30 layers'
+    transcoders cost one forward pass per batch instead of 30). Needs exclude_norm_factor = 0: one
+    norm cut-off cannot fit sites whose norms differ by orders of magnitude."""
     exclude_bos: bool = True
     """Exclude position 0 in training and evaluation."""
     exclude_special_tokens: bool = True
@@ -92,6 +97,9 @@ class RunConfig:
             v.fail(w, "exclude_norm_factor", self.exclude_norm_factor,
                    "0 (no norm filter) or a number > 1 (a multiple of the median norm: at or below 1 "
                    "it drops half the tokens or more)")
+        if self.shared_stream and self.exclude_norm_factor:
+            v.fail(w, "exclude_norm_factor", self.exclude_norm_factor,
+                   "0 with shared_stream = true (one norm cut-off cannot fit every site of a shared stream)")
         v.integer(w, "threads", self.threads, 1)
         v.integer(w, "eval_docs", self.eval_docs, 1)
         v.integer(w, "seed", self.seed, 0)

@@ -1,8 +1,9 @@
 """Running a training file end to end: models -> activation shards -> coders -> files -> evals.
 
 Coders whose sites and models match share one activation stream (an L0 sweep costs one set of
-forward passes); groups run one after another. Under torchrun every rank gathers or reads only
-its own shards, and rank 0 writes files.
+forward passes); groups run one after another. With ``shared_stream`` every coder on the same
+models shares one stream, whatever its site (one forward pass feeds all layers' coders). Under
+torchrun every rank gathers or reads only its own shards, and rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from circuitlab.sparse.base import make_coder
 from circuitlab.sparse.config import TrainFile, coder_config, default_name
 from circuitlab.sparse.dist import init_comm
 from circuitlab.sparse.store import (
-    ActivationCache, ActivationSource, Exclusion, ShardLoader, ShardPlan, SourceSpec, documents, make_shard,
+    ActivationCache, ActivationSource, Columns, Exclusion, ShardLoader, ShardPlan, SourceSpec, documents, make_shard,
+    shared_spec,
 )
 from circuitlab.sparse.trainer import Trainer
 
@@ -49,7 +51,8 @@ def data_identity(run, ms: list, names: tuple) -> dict:
             "ctx_len": run.ctx_len, "corpus_seed": run.corpus_seed, "shard_tokens": run.shard_tokens,
             "docs_per_batch": run.docs_per_batch, "buffer_shards": run.buffer_shards, "seed": run.seed,
             "exclude_norm_factor": run.exclude_norm_factor, "exclude_special_tokens": run.exclude_special_tokens,
-            **({"data": run.data} if run.data != "zoo" else {})}
+            **({"data": run.data} if run.data != "zoo" else {}),
+            **({"shared_stream": True} if run.shared_stream else {})}
 
 
 def _write_state_pointer(out: Path, names: list[str], where: Path) -> None:
@@ -124,16 +127,22 @@ def train_file(tf: TrainFile, models: Optional[dict] = None, resume_mode: str = 
     groups: dict[tuple, list] = {}
     for sec, fields in tf.coders:
         cfg = coder_config(sec, fields, d_model, run.model)
-        key = (cfg.hooks_in, cfg.hooks_out, cfg.models)
+        key = (cfg.models,) if run.shared_stream else (cfg.hooks_in, cfg.hooks_out, cfg.models)
         groups.setdefault(key, []).append((default_name(sec, cfg), cfg))
     results: dict[str, dict] = {}
     all_histories: dict[str, list[dict]] = {}
-    for (hooks_in, hooks_out, names), members in groups.items():
+    for key, members in groups.items():
+        names = key[-1]
         ms = [model(n) for n in dict.fromkeys(names)]
         tok = ms[0].tokenizer
         special = tuple(sorted(set(tok.all_special_ids))) if run.exclude_special_tokens else ()
         ex = Exclusion(run.exclude_bos, special, None)
-        spec = SourceSpec.of(members[0][1])
+        columns: dict[str, Columns] = {}
+        if run.shared_stream:
+            spec, cols = shared_spec([SourceSpec.of(cfg) for _, cfg in members], ms[0].d_model)
+            columns = {n: c for (n, _), c in zip(members, cols)}
+        else:
+            spec = SourceSpec.of(members[0][1])
         src = ActivationSource(ms, spec, ex, run.ctx_len)
         if run.exclude_norm_factor > 0:
             calibration = documents(run.corpus_seed * 7 + 12345, run.docs_per_batch, run.data, run.ctx_len)
@@ -141,7 +150,8 @@ def train_file(tf: TrainFile, models: Optional[dict] = None, resume_mode: str = 
         plan = ShardPlan(run.corpus_seed, run.shard_tokens, run.docs_per_batch, run.data)
         n_shards = max(comm.world, math.ceil(tf.train.total_tokens / run.shard_tokens))
         if run.cache_dir:
-            key_s = hashlib.sha1(json.dumps([hooks_in, hooks_out, names]).encode()).hexdigest()[:12]
+            key_s = hashlib.sha1(json.dumps([list(spec.hooks_in), list(spec.hooks_out), list(names)]
+                                            if run.shared_stream else [*key]).encode()).hexdigest()[:12]
             cache = ActivationCache(Path(run.cache_dir) / f"acts_{key_s}")
             if comm.rank == 0:
                 cache.build(src, plan, n_shards, meta={"models": list(names)}, progress=True)
@@ -165,7 +175,7 @@ def train_file(tf: TrainFile, models: Optional[dict] = None, resume_mode: str = 
         if comm.rank == 0:
             _write_state_pointer(out, group_names, where)
         trainer = Trainer(coders, loader, tf.train, where, comm, data=data_identity(run, ms, names),
-                          resume_mode=resume_mode)
+                          resume_mode=resume_mode, columns=columns)
         trainer.run(sample=sample)
         if comm.rank != 0:
             continue

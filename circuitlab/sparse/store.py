@@ -124,6 +124,45 @@ class SourceSpec:
         return cls(tuple(cfg.hooks_in), out, idx)
 
 
+@dataclass(frozen=True)
+class Columns:
+    """Where one coder's inputs and targets sit in the rows of a shared stream (see
+    :func:`shared_spec`): hook positions, each ``d`` columns wide."""
+
+    x: tuple[int, ...]
+    """Position of each of the coder's sources among the stream's hooks."""
+    y: tuple[int, ...]
+    """Position of each of its targets (empty: the sources are the targets)."""
+    d: int
+    """Columns per hook (the model width)."""
+
+    def _take(self, t: torch.Tensor, at: tuple[int, ...]) -> torch.Tensor:
+        if len(at) == 1:  # one hook: a view, no copy
+            return t[:, at[0] * self.d: (at[0] + 1) * self.d]
+        return torch.cat([t[:, i * self.d: (i + 1) * self.d] for i in at], dim=-1)
+
+    def select(self, rows: Rows) -> Rows:
+        """The coder's rows: its sources as x, its targets as y."""
+        return Rows(self._take(rows.x, self.x), self._take(rows.x, self.y) if self.y else None,
+                    rows.tokens, rows.doc, rows.pos)
+
+
+def shared_spec(specs: Sequence["SourceSpec"], d: int) -> tuple["SourceSpec", list[Columns]]:
+    """One stream for several coders on the same models: the union of their hooks (sources and
+    targets alike become the stream's sources, in first-seen order) and each coder's columns in
+    it. One forward pass then feeds every coder, whatever its layer."""
+    hooks: list[tuple[int, str]] = []
+    for sp in specs:
+        for key in [*zip(sp.model_in or (0,) * len(sp.hooks_in), sp.hooks_in), *((0, h) for h in sp.hooks_out)]:
+            if key not in hooks:
+                hooks.append(key)
+    cols = []
+    for sp in specs:
+        xs = tuple(hooks.index(k) for k in zip(sp.model_in or (0,) * len(sp.hooks_in), sp.hooks_in))
+        cols.append(Columns(xs, tuple(hooks.index((0, h)) for h in sp.hooks_out), d))
+    return SourceSpec(tuple(h for _, h in hooks), (), tuple(m for m, _ in hooks)), cols
+
+
 class ActivationSource:
     """Turns documents into activation rows for one coder layout, via the engine."""
 

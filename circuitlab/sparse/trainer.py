@@ -23,7 +23,7 @@ from einops import rearrange
 
 from circuitlab.io import atomic_write
 from circuitlab.sparse.base import Comm, LossContext, SparseCoder, spread
-from circuitlab.sparse.store import Rows, ShardLoader
+from circuitlab.sparse.store import Columns, Rows, ShardLoader
 
 
 @dataclass
@@ -216,13 +216,15 @@ class Trainer:
 
     def __init__(self, coders: dict[str, SparseCoder], loader: ShardLoader, cfg: TrainConfig,
                  out_dir: str | Path, comm: Optional[Comm] = None, data: Optional[dict] = None,
-                 resume_mode: str = "auto"):
+                 resume_mode: str = "auto", columns: Optional[dict[str, Columns]] = None):
         """``data``: what else defines the run (model, sites, corpus, ...), recorded with each
         checkpoint and compared on resume with the coders' and train configs; ``resume_mode``:
-        one of ``RESUME_MODES``."""
+        one of ``RESUME_MODES``; ``columns``: where each coder's inputs and targets sit when the
+        loader serves a shared stream (:func:`circuitlab.sparse.store.shared_spec`)."""
         if resume_mode not in RESUME_MODES:
             raise ValueError(f"resume_mode must be one of {', '.join(RESUME_MODES)}, not {resume_mode!r}")
         self.coders = coders
+        self.columns = dict(columns or {})
         self.loader = loader
         self.cfg = cfg
         self.out = Path(out_dir)
@@ -264,10 +266,11 @@ class Trainer:
     @torch.no_grad()
     def initialise(self, sample: Rows) -> None:
         """Normalisation scales and b_dec from a sample (rank 0's values are broadcast)."""
-        for c in self.coders.values():
+        for n, c in self.coders.items():
             cfg = c.cfg
-            x = sample.x.float()
-            y = x if sample.y is None or cfg.autoencoder else sample.y.float()
+            rows = self.rows_of(n, sample)
+            x = rows.x.float()
+            y = x if rows.y is None or cfg.autoencoder else rows.y.float()
             if self.cfg.normalize:
                 xs = rearrange(x, "n (source d) -> n source d", source=cfg.n_sources).norm(dim=-1).mean(0)
                 c.in_scale.copy_(math.sqrt(cfg.d_in) / xs.clamp_min(1e-12))
@@ -502,6 +505,10 @@ class Trainer:
         self.loader.load_state_dict(info["loaders"][self.comm.rank])
 
     # ------------------------------------------------------------------ training
+    def rows_of(self, name: str, rows: Rows) -> Rows:
+        """Coder ``name``'s part of a batch (all of it unless the stream is shared)."""
+        return self.columns[name].select(rows) if name in self.columns else rows
+
     def _token_weight(self, coder: SparseCoder, rows: Rows) -> Optional[torch.Tensor]:
         """Per-token weights of the reconstruction error (see ``TrainConfig.token_weighting``)."""
         if self.cfg.token_weighting == "none":
@@ -512,13 +519,14 @@ class Trainer:
 
     def train_step(self) -> dict[str, dict]:
         cfg = self.cfg
-        rows = self.loader.next()
-        global_batch = len(rows) * self.comm.world
+        batch = self.loader.next()
+        global_batch = len(batch) * self.comm.world
         sp = min(1.0, (self.step + 1) / max(1, int(cfg.sparsity_warmup_fraction * self.total_steps)))
         lrf = lr_factor(self.step, self.total_steps, cfg)
         logs = {}
         for n, c in self.coders.items():
             ccfg = c.cfg
+            rows = self.rows_of(n, batch)
             x = rows.x.float() * c.in_scale.repeat_interleave(ccfg.d_in)
             y = (None if rows.y is None or ccfg.autoencoder
                  else rows.y.float() * c.out_scale.repeat_interleave(ccfg.d_out_))
