@@ -2,9 +2,10 @@
 
 Why one place: the demo, ``circuitlab graph`` and the notebooks all look coders up by model
 name. ``circuitlab train saes/configs/<model>.toml`` writes them into the package
-(``circuitlab/sparse/pretrained/<model>/<coder>/``), so an installed circuitlab finds them; other
-folders are searched only when named (``roots``, or ``$CIRCUITLAB_CODERS``), never the source
-checkout or the working directory.
+(``circuitlab/sparse/pretrained/<model>/<coder>/``), so an installed circuitlab finds them; real
+models' coders, too large to ship, are trained into the user cache (:func:`trained_folder`) and
+found there; other folders are searched only when named (``roots``, or ``$CIRCUITLAB_CODERS``),
+never the source checkout or the working directory.
 """
 
 from __future__ import annotations
@@ -21,12 +22,21 @@ ENV = "CIRCUITLAB_CODERS"
 """Environment variable: folders of coder folders to search first (``os.pathsep``-separated)."""
 
 
+def trained_folder(model_name: str) -> Path:
+    """``$CIRCUITLAB_CACHE/coders/<model>`` (default ``~/.cache/circuitlab/coders/<model>``): where
+    coders too large to ship with the package are trained to (real models' configs write there)."""
+    base = os.environ.get("CIRCUITLAB_CACHE", str(Path.home() / ".cache" / "circuitlab"))
+    return Path(base).expanduser() / "coders" / Path(model_name).name
+
+
 def search_folders(model_name: str, roots: Sequence[str | Path] = ()) -> list[Path]:
     """Existing folders that may hold coder folders for ``model_name``, in search order:
-    ``roots``, then ``$CIRCUITLAB_CODERS``, then the bundled ``pretrained/<model>``."""
-    cands = [Path(r) for r in roots]
-    cands += [Path(p) for p in os.environ.get(ENV, "").split(os.pathsep) if p]
+    ``roots``, then ``$CIRCUITLAB_CODERS``, then the bundled ``pretrained/<model>``, then
+    :func:`trained_folder`."""
+    cands = [Path(r).expanduser() for r in roots]
+    cands += [Path(p).expanduser() for p in os.environ.get(ENV, "").split(os.pathsep) if p]
     cands.append(PRETRAINED / Path(model_name).name)
+    cands.append(trained_folder(model_name))
     return [c for c in dict.fromkeys(cands) if c.is_dir()]
 
 

@@ -28,7 +28,8 @@ class RunConfig:
     """[run]: where activations come from and where results go."""
 
     out: str = "runs/sparse"
-    """Output folder: checkpoints/, one SAE Lens folder per coder, metrics."""
+    """Output folder: one SAE Lens folder per coder, metrics (``~`` is expanded). Coders written to
+    ``~/.cache/circuitlab/coders/<model>`` are found by ``circuitlab graph`` and ``probe``."""
     model: str = "gpt2-zoo"
     """Default model (zoo name, folder or hub id) for coders that name none."""
     data: str = "zoo"

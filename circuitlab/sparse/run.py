@@ -122,7 +122,7 @@ def train_file(tf: TrainFile, models: Optional[dict] = None, resume_mode: str = 
             models[name] = _load(name, device)
         return models[name]
 
-    out = Path(run.out)
+    out = Path(run.out).expanduser()
     d_model = model(run.model).d_model
     groups: dict[tuple, list] = {}
     for sec, fields in tf.coders:
