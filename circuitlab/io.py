@@ -19,6 +19,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def user_home() -> Path:
+    """Where what users fetch or train outside the package lives (real models, text corpora,
+    real models' coders): ``$CIRCUITLAB_HOME``, default ``~/.cache/circuitlab``."""
+    return Path(os.environ.get("CIRCUITLAB_HOME") or "~/.cache/circuitlab").expanduser()
+
+
+def state_cache() -> Path:
+    """Where resumable training state lives (checkpoints that a finished run no longer needs):
+    ``$CIRCUITLAB_CACHE``, default ``~/.cache/circuitlab``."""
+    return Path(os.environ.get("CIRCUITLAB_CACHE") or "~/.cache/circuitlab").expanduser()
+
+
 def format_tag(kind: str) -> str:
     """The ``"format"`` value of a saved ``kind`` (``circuitlab.result/1``, ``circuitlab.graph/1`` ...)."""
     return f"circuitlab.{kind}/1"

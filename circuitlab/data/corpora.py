@@ -13,7 +13,6 @@ nothing) and writes ``<cache>/corpora/NAME.jsonl`` atomically. A run then names 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import tarfile
@@ -49,9 +48,10 @@ CORPORA = {
 
 
 def root() -> Path:
-    """``$CIRCUITLAB_CACHE/corpora`` (default ``~/.cache/circuitlab/corpora``)."""
-    base = os.environ.get("CIRCUITLAB_CACHE", str(Path.home() / ".cache" / "circuitlab"))
-    return Path(base).expanduser() / "corpora"
+    """``corpora`` under :func:`circuitlab.io.user_home` (default ``~/.cache/circuitlab/corpora``)."""
+    from circuitlab.io import user_home
+
+    return user_home() / "corpora"
 
 
 def path(name: str) -> Path:

@@ -95,9 +95,10 @@ REAL_MODELS: dict[str, RealModel] = {
 
 
 def cache_root() -> Path:
-    """Where fetched models live: ``$CIRCUITLAB_HOME/models`` (default ``~/.cache/circuitlab``)."""
-    home = os.environ.get("CIRCUITLAB_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "circuitlab")
-    return Path(home) / "models"
+    """Where fetched models live: ``models`` under :func:`circuitlab.io.user_home`."""
+    from circuitlab.io import user_home
+
+    return user_home() / "models"
 
 
 def model_folder(name: str) -> Path:

@@ -23,10 +23,12 @@ ENV = "CIRCUITLAB_CODERS"
 
 
 def trained_folder(model_name: str) -> Path:
-    """``$CIRCUITLAB_CACHE/coders/<model>`` (default ``~/.cache/circuitlab/coders/<model>``): where
-    coders too large to ship with the package are trained to (real models' configs write there)."""
-    base = os.environ.get("CIRCUITLAB_CACHE", str(Path.home() / ".cache" / "circuitlab"))
-    return Path(base).expanduser() / "coders" / Path(model_name).name
+    """``coders/<model>`` under :func:`circuitlab.io.user_home` (default ``~/.cache/circuitlab/coders/<model>``):
+    where coders too large to ship with the package are trained to (real models' configs write
+    there)."""
+    from circuitlab.io import user_home
+
+    return user_home() / "coders" / Path(model_name).name
 
 
 def search_folders(model_name: str, roots: Sequence[str | Path] = ()) -> list[Path]:

@@ -35,10 +35,11 @@ def _load(name: str, device: str):
 
 def state_dir(out: Path, names: list[str]) -> Path:
     """Resumable trainer state of one group of coders, outside ``out`` (which may sit inside the
-    installed package): ``$CIRCUITLAB_CACHE/sparse-train/<out hash>/<coder names>``."""
-    import os
+    installed package): ``sparse-train/<out hash>/<coder names>`` under the user cache
+    (:func:`circuitlab.io.state_cache`)."""
+    from circuitlab.io import state_cache
 
-    root = Path(os.environ.get("CIRCUITLAB_CACHE", str(Path.home() / ".cache" / "circuitlab")))
+    root = state_cache()
     key = hashlib.sha1(str(Path(out).resolve()).encode()).hexdigest()[:12]
     return root / "sparse-train" / key / "+".join(names)
 

@@ -59,9 +59,10 @@ class TrainResult:
 
 
 def default_work_dir(name: str) -> Path:
-    """Resumable state location (outside the package): ``$CIRCUITLAB_CACHE/zoo-train/NAME``."""
-    root = os.environ.get("CIRCUITLAB_CACHE", str(Path.home() / ".cache" / "circuitlab"))
-    return Path(root) / "zoo-train" / name
+    """Resumable state location (outside the package): ``zoo-train/NAME`` under :func:`circuitlab.io.state_cache`."""
+    from circuitlab.io import state_cache
+
+    return state_cache() / "zoo-train" / name
 
 
 def lr_at(cfg: ZooConfig, step: int) -> float:
