@@ -55,3 +55,14 @@ def test_shared_stream_refuses_a_norm_cut_off():
     with pytest.raises(ValueError, match="exclude_norm_factor.*shared_stream"):
         config.parse({"run": {"shared_stream": True, "exclude_norm_factor": 10.0},
                       "coder": [{"arch": "topk", "layer": 0, "k": 4}]})
+
+
+def test_state_folder_of_a_deep_stack_is_a_valid_file_name(tmp_path):
+    from circuitlab.sparse.run import state_dir
+
+    names = [f"smollm2-135m_transcoder_L{l}" for l in range(30)]
+    short = state_dir(tmp_path, names[:2])
+    assert short.name == "smollm2-135m_transcoder_L0+smollm2-135m_transcoder_L1"  # unchanged for short groups
+    long_, other = state_dir(tmp_path, names), state_dir(tmp_path, names[::-1])
+    assert len(long_.name.encode()) <= 160 and long_ != other and long_.name.startswith(names[0] + "+29-more-")
+    (long_ / "checkpoints").mkdir(parents=True)  # the file system accepts it

@@ -36,12 +36,22 @@ def _load(name: str, device: str):
 def state_dir(out: Path, names: list[str]) -> Path:
     """Resumable trainer state of one group of coders, outside ``out`` (which may sit inside the
     installed package): ``sparse-train/<out hash>/<coder names>`` under the user cache
-    (:func:`circuitlab.io.state_cache`)."""
+    (:func:`circuitlab.io.state_cache`). Names joined longer than ``MAX_STATE_NAME`` characters
+    (a file name may not exceed 255 bytes; a 30-layer stack's names do) become the first name, the
+    number of others and a hash of all of them."""
     from circuitlab.io import state_cache
 
     root = state_cache()
     key = hashlib.sha1(str(Path(out).resolve()).encode()).hexdigest()[:12]
-    return root / "sparse-train" / key / "+".join(names)
+    joined = "+".join(names)
+    if len(joined.encode()) > MAX_STATE_NAME:
+        digest = hashlib.sha1(joined.encode()).hexdigest()[:12]
+        joined = f"{names[0][:100]}+{len(names) - 1}-more-{digest}"
+    return root / "sparse-train" / key / joined
+
+
+MAX_STATE_NAME = 160
+"""Longest state folder name kept as the joined coder names."""
 
 
 def data_identity(run, ms: list, names: tuple) -> dict:
@@ -174,6 +184,7 @@ def train_file(tf: TrainFile, models: Optional[dict] = None, resume_mode: str = 
         group_names = [n for n, _ in members]
         where = state_dir(out, group_names)
         if comm.rank == 0:
+            where.mkdir(parents=True, exist_ok=True)  # an unusable state folder fails now, not at the first checkpoint
             _write_state_pointer(out, group_names, where)
         trainer = Trainer(coders, loader, tf.train, where, comm, data=data_identity(run, ms, names),
                           resume_mode=resume_mode, columns=columns)
