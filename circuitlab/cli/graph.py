@@ -35,6 +35,9 @@ def add_parser(sub, fmt) -> None:
                        epilog=EXAMPLES, formatter_class=fmt)
     add_graph_args(g)
     g.add_argument("--slug", default="graph", help="graph name in the Neuronpedia JSON")
+    g.add_argument("--export-circuit-tracer", metavar="DIR", default=None,
+                   help="also write the model and transcoders to DIR in the layout circuit-tracer 0.5.0 reads "
+                        "offline (DIR/model, DIR/transcoders; see docs/circuit_tracer.md)")
     g.set_defaults(fn=run)
 
 
@@ -102,6 +105,7 @@ def run(a) -> None:
     from circuitlab.graphs.prune import prune, pruned_graph, scores
 
     model, tcs, cfg, out = setup(a)
+    exported = export_circuit_tracer(a, model, tcs)
     g = attribute(model, tcs, a.prompt, a.target, cfg)
     pr = prune(g, a.node_threshold, a.edge_threshold)
     sc = [scores(g), scores(pruned_graph(g, pr), "pruned")]
@@ -115,3 +119,20 @@ def run(a) -> None:
         print(f"{s.graph:7s} graph: {s.n_features} features, replacement {s.replacement:.3f}, "
               f"completeness {s.completeness:.3f}")
     print(f"wrote {out}/ ({a.slug}.json, graph.html, graph/, scores.json) in {g.meta['seconds']:.1f}s")
+    for line in exported:
+        print(line)
+
+
+def export_circuit_tracer(a, model, tcs) -> list[str]:
+    """``--export-circuit-tracer DIR``: the model and transcoders in circuit-tracer's layout (before
+    the graph is built, so an unsupported transcoder fails fast); the lines to print."""
+    if not getattr(a, "export_circuit_tracer", None):
+        return []
+    from circuitlab.graphs.export_circuit_tracer import attribute_command, export_for_circuit_tracer
+
+    paths = export_for_circuit_tracer(model, tcs, a.export_circuit_tracer)
+    lines = [f"wrote {paths['transcoders']} and {paths['model']} for circuit-tracer"]
+    if tcs.layers[0].cfg.arch != "topk":
+        return lines + ["  " + attribute_command(a.export_circuit_tracer, a.prompt)]
+    return lines + ["  TopK transcoders: circuit-tracer's own loader has no TopK; load them with ct_transcoders() "
+                    "from benchmarks/circuit_tracer_compare.py (docs/circuit_tracer.md)"]
