@@ -1,4 +1,5 @@
-"""Sparse coders on a (tiny random) model: activation store, cache, splice, eval, latent patching."""
+"""Sparse coders on a (tiny random) model: activation store, cache, splice, eval, latent patching;
+AtP*, RelP and IG on latents against exact patching and the component methods (gpt2-zoo coders)."""
 
 import torch
 
@@ -130,6 +131,166 @@ def test_latent_patching(gpt2):
     gu = g[rows, pos] @ sae.W_dec[u].detach()
     ref_atp = float(((fs[rows, pos, u] - fb[rows, pos, u]) * gu).sum())
     assert abs(float(at.values[0, 0, 1]) - ref_atp) < 1e-4 * max(1, abs(ref_atp))
+
+
+def _zoo_coders(*names):
+    from circuitlab.sparse.bundled import PRETRAINED
+    from circuitlab.sparse.files import load_coder
+
+    return [load_coder(PRETRAINED / "gpt2-zoo" / f"gpt2-zoo_{n}") for n in names]
+
+
+def _unspliced_base_metric(model, task):
+    from circuitlab.engine.forward import metric_per_prompt
+
+    base, _ = task.base_and_source("denoising")
+    m = task.metric
+    return float(m.reduce(metric_per_prompt(model, base, m)[None])[0])
+
+
+def test_latent_estimators_split_their_site_and_keep_the_model(zoo_model):
+    """Latents + error term of each coder sum to the component method's value of the coder's
+    site (RelP: the relevance of the layer), and no method changes the unpatched metric."""
+    import circuitlab as cl
+    from circuitlab.sparse.attribution import LATENT_METHODS
+
+    model = zoo_model("gpt2-zoo")
+    task = cl.tasks.bundled(model, "ioi", n=2, seed=0)
+    coders = _zoo_coders("resid_L1", "transcoder_L2")  # writes resid_post 1 and mlp_out 2
+    pos = ["S2", "END"]
+    b0 = _unspliced_base_metric(model, task)
+    n_hooks = count_hooks(model.bridge)
+    for method in LATENT_METHODS:
+        units = list(range(8)) if method == "exact" else None  # exact: a few latents (one run each)
+        kw = {"steps": 4} if method == "ig" else {}  # the split holds at any number of steps
+        r = cl.patch(model, task, "latents", method=method, coders=coders, positions=pos, units=units, **kw)
+        assert abs(r.baseline - b0) < 1e-6 * max(1.0, abs(b0)), method
+        assert count_hooks(model.bridge) == n_hooks
+        assert r.extras["error"].shape == (2, 2) and r.values.shape == (2, 2, len(units or range(1024)))
+        if method in ("exact", "atp*"):
+            continue
+        for i, (layer, family) in enumerate([(1, "resid_post"), (2, "mlp_out")]):
+            site = cl.patch(model, task, family, method=method, positions=pos, layers=[layer], **kw).values[0]
+            split = r.values[i].sum(-1) + r.extras["error"][i]
+            assert torch.allclose(split, site, rtol=1e-4, atol=1e-5), (method, family, split, site)
+            assert site.abs().max() > 1e-2  # not a vacuous zero
+
+
+def test_latent_ig_sums_to_patching_the_whole_site(zoo_model):
+    """IG on activations interpolates one coder's latents and error term together: over a coder
+    the scores add up to exact patching of its whole site at every position."""
+    import circuitlab as cl
+    from circuitlab.engine.cache import capture
+    from circuitlab.engine.forward import metric_per_prompt
+
+    model = zoo_model("gpt2-zoo")
+    task = cl.tasks.bundled(model, "ioi", n=2, seed=0)
+    coders = _zoo_coders("resid_L1", "transcoder_L2")
+    ig = cl.patch(model, task, "latents", method="ig", coders=coders, variant="activations", steps=6,
+                  rule="gauss-legendre")
+    assert ig.meta["variant"] == "activations" and ig.cost.backward_passes == 12  # 6 steps per coder
+    base, src = task.base_and_source("denoising")
+    b0, m = _unspliced_base_metric(model, task), task.metric
+    for i, c in enumerate(coders):
+        s = capture(model, src, [c.hook_out])[c.hook_out]
+        patched = float(m.reduce(metric_per_prompt(model, base, m, [(c.hook_out, lambda a, s=s: s)])[None])[0])
+        total = float(ig.values[i].sum() + ig.extras["error"][i].sum())
+        assert abs(total - (patched - b0)) < 1e-3 * max(1.0, abs(patched - b0)), (c.hook_out, total, patched - b0)
+
+
+def test_latent_ig_converges_to_exact_where_one_latent_carries_the_change(gpt2):
+    """A coder at the last layer whose one latent reads (and writes) exactly the direction in
+    which the answer position's residual changes: IG's path is then the patch's own path, so IG
+    with many steps equals exact patching, while AtP's first-order estimate does not."""
+    import circuitlab as cl
+    from circuitlab.engine.cache import capture
+    from tiny import IOI_PAIRS
+
+    task = cl.tasks.from_pairs(gpt2, IOI_PAIRS[:1])
+    site = f"blocks.{gpt2.n_layers - 1}.hook_resid_post"
+    base, src = task.base_and_source("denoising")
+    end = int(task.roles["END"][0])
+    d = capture(gpt2, src, [site])[site][0, end] - capture(gpt2, base, [site])[site][0, end]
+    c = make_coder(config_class("relu")(d_in=gpt2.d_model, d_sae=1, hooks_in=(site,)))
+    with torch.no_grad():  # f = x.w + 10 > 0 always; decode(f) = (x.w) w: the change at END is f's alone
+        c.W_enc_t.copy_(d[None] / d.norm())
+        c.W_dec.copy_(d[None] / d.norm())
+        c.b_enc.fill_(10.0)
+        c.b_dec.zero_()
+    kw = dict(coders=[c], positions=["END", 3])
+    ex = cl.patch(gpt2, task, "latents", method="exact", **kw)
+    ig = cl.patch(gpt2, task, "latents", method="ig", variant="activations", steps=12, rule="gauss-legendre", **kw)
+    at = cl.patch(gpt2, task, "latents", method="atp", **kw)
+    e = float(ex.values[0, 0, 0])
+    assert abs(e) > 1e-2 and float(ex.values[0, 1, 0]) == 0.0  # position 3 cannot reach the last layer's END
+    assert abs(float(ig.values[0, 0, 0]) - e) < 1e-5 * max(1.0, abs(e) * 100)
+    assert abs(float(at.values[0, 0, 0]) - e) > 1e-3  # the nonlinearity IG integrates over is real
+    assert ig.extras["error"].abs().max() < 1e-5 and ex.extras["error"].abs().max() < 1e-5
+
+
+def test_latent_atp_star_is_atp_with_graddrop_ranks(zoo_model):
+    """Latents are not query/key nodes, so AtP* values are AtP's; GradDrop's rank score of a
+    last-layer SAE keeps every layer's gradient (L/(L-1) |AtP|), and a last-layer transcoder's
+    latents lose theirs when their own MLP output is dropped (|AtP|)."""
+    import circuitlab as cl
+
+    model = zoo_model("gpt2-zoo")
+    task = cl.tasks.bundled(model, "ioi", n=2, seed=0)
+    L = model.n_layers
+    for name, factor in (("resid_L3", L / (L - 1)), ("transcoder_L3", 1.0)):
+        coders = _zoo_coders(name)
+        at = cl.patch(model, task, "latents", method="atp", coders=coders, positions=["S2", "END"])
+        st = cl.patch(model, task, "latents", method="atp*", coders=coders, positions=["S2", "END"])
+        assert torch.equal(st.values, at.values) and torch.equal(st.extras["error"], at.extras["error"])
+        assert torch.allclose(st.extras["rank_score"], factor * at.values.abs(), rtol=1e-5, atol=1e-7), name
+        assert st.cost.backward_passes == 1 + L
+    quick = cl.patch(model, task, "latents", method="atp*", coders=coders, positions=["END"], graddrop=False)
+    assert "rank_score" not in quick.extras and quick.cost.backward_passes == 1
+
+
+def test_exact_error_term_patch(gpt2):
+    """The exact error-term effect: the site at its base value plus the error term's change."""
+    from circuitlab.engine.cache import capture
+    from circuitlab.engine.forward import metric_per_prompt
+    from circuitlab.sparse.attribution import patch_latents
+
+    task = _ioi(gpt2)
+    sae = _sae(gpt2, layer=1)
+    site = "blocks.1.hook_resid_post"
+    r = patch_latents(gpt2, task, [sae], "exact", positions=["S2"], units=[0])
+    base, src = task.corrupt_tokens, task.clean_tokens
+    xb, xs = (capture(gpt2, t, [site])[site] for t in (base, src))
+    with torch.no_grad():
+        d_err = (xs - xb) - (sae.encode(xs) - sae.encode(xb)) @ sae.W_dec
+    rows, pos = torch.arange(base.shape[0]), task.roles["S2"]
+
+    def hook(a):
+        a = a.clone()
+        a[rows, pos] += d_err[rows, pos]
+        return a
+
+    m = task.metric
+    ref = m.reduce(metric_per_prompt(gpt2, base, m, [(site, hook)])[None])[0] - r.baseline
+    assert abs(float(r.extras["error"][0, 0]) - float(ref)) < 1e-5 and abs(float(ref)) > 1e-4
+
+
+def test_latent_options_are_checked(gpt2):
+    import pytest
+
+    import circuitlab as cl
+    from circuitlab.sparse.attribution import patch_latents
+
+    task, sae = _ioi(gpt2), _sae(gpt2)
+    with pytest.raises(ValueError, match="'ig'"):
+        patch_latents(gpt2, task, [sae], "relp", steps=4)
+    with pytest.raises(ValueError, match="variant"):
+        cl.patch(gpt2, task, "latents", method="ig", coders=[sae], variant="neurons")
+    with pytest.raises(ValueError, match="atp"):
+        patch_latents(gpt2, task, [sae], "atp_star")
+    with pytest.raises(ValueError, match="attention rule"):
+        patch_latents(gpt2, task, [sae], "relp", attention="softmax")
+    r = cl.patch(gpt2, task, "latents", method="relp", coders=[sae], attention="attnlrp", positions=["END"])
+    assert r.meta["attention"] == "attnlrp" and r.method == "relp"
 
 
 def test_dashboard_cards(gpt2, tmp_path):
