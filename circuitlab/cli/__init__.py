@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from circuitlab.cli import circuit, data, demo, eval, graph, models, probe, sweep, train, zoo
+from circuitlab.cli import circuit, data, demo, eval, graph, models, probe, supervised, sweep, train, zoo
 from circuitlab.cli.checks import check_args
 
-COMMANDS = (demo, sweep, zoo, models, data, train, eval, circuit, graph, probe)
+COMMANDS = (demo, sweep, zoo, models, data, train, eval, circuit, graph, probe, supervised)
 """Subcommand modules in ``--help`` order; each ``add_parser`` sets ``fn`` on its parser."""
 
 

@@ -24,3 +24,4 @@ __all__ = ["ARCHITECTURES", "CoderConfig", "LossContext", "SparseCoder", "config
 #   circuitlab.sparse.dashboard  latent_cards, save_dashboard
 #   circuitlab.sparse.bundled    coders shipped with the package, find_coder
 #   circuitlab.sparse.run        train_file (what `circuitlab train` runs)
+#   circuitlab.sparse.supervised evaluate_supervised (coders scored against supervised IOI dictionaries)
