@@ -274,6 +274,26 @@ def test_exact_error_term_patch(gpt2):
     assert abs(float(r.extras["error"][0, 0]) - float(ref)) < 1e-5 and abs(float(ref)) > 1e-4
 
 
+def test_exact_latents_beside_a_last_layer_transcoder(gpt2):
+    """A transcoder writing the last block's MLP output, scored beside a coder at another layer:
+    each coder's exact effects are those it has alone (the engine may run the last MLP at the
+    read positions only, which a transcoder reading the full residual stream cannot follow)."""
+    from circuitlab.sparse.attribution import patch_latents
+
+    task = _ioi(gpt2)
+    last = gpt2.n_layers - 1
+    tc = make_coder(config_class("relu")(d_in=gpt2.d_model, d_sae=128, d_out=gpt2.d_model,
+                                         hooks_in=(f"blocks.{last}.hook_resid_mid",),
+                                         hooks_out=(f"blocks.{last}.hook_mlp_out",)))
+    sae = _sae(gpt2, layer=0)
+    both = patch_latents(gpt2, task, [sae, tc], "exact", positions=["S2", "END"])
+    for i, c in enumerate((sae, tc)):
+        alone = patch_latents(gpt2, task, [c], "exact", positions=["S2", "END"])
+        assert torch.equal(both.values[i], alone.values[0])
+        assert torch.equal(both.extras["error"][i], alone.extras["error"][0])
+    assert both.values[0].abs().max() > 1e-4 and both.values[1].abs().max() > 1e-6
+
+
 def test_latent_options_are_checked(gpt2):
     import pytest
 

@@ -114,20 +114,20 @@ def patch_latents(model, task, coders: Sequence, method: str = "exact", directio
     positions = list(range(base.shape[1])) if positions is None else list(positions)
     nodes = latent_nodes(coders, positions, units)
     n_units = len(nodes) // (len(coders) * len(positions))
-    with splice(model, coders, error=True) as sp:
-        sites = _Sites(coders, sp.latent_hooks)
-        extras = {}
-        if method == "exact":
-            values, error, baseline, cost = _exact(model, task, base, src, sites, nodes, positions, progress)
-        else:
+    extras = {}
+    if method == "exact":
+        values, error, baseline, cost = _exact(model, task, base, src, coders, positions, units, progress)
+    else:
+        with splice(model, coders, error=True) as sp:
+            sites = _Sites(coders, sp.latent_hooks)
             run = _ESTIMATORS[method](model, task, base, src, sites, **opts)
-            B = base.shape[0]
-            values = _gather(sites, positions, units, run.latent_scores, task.roles, B)
-            error = _gather(sites, positions, None, run.error_scores, task.roles, B)[..., 0]
-            if run.dropped:  # GradDrop: 1/(L-1) sum_l |I_l(node)|, I_l summed over prompts first
-                ranks = sum(_gather(sites, positions, units, s, task.roles, B).abs() for s in run.dropped)
-                extras["rank_score"] = ranks / max(1, model.n_layers - 1)
-            baseline, cost = run.baseline, Cost(run.forward, run.backward)
+        B = base.shape[0]
+        values = _gather(sites, positions, units, run.latent_scores, task.roles, B)
+        error = _gather(sites, positions, None, run.error_scores, task.roles, B)[..., 0]
+        if run.dropped:  # GradDrop: 1/(L-1) sum_l |I_l(node)|, I_l summed over prompts first
+            ranks = sum(_gather(sites, positions, units, s, task.roles, B).abs() for s in run.dropped)
+            extras["rank_score"] = ranks / max(1, model.n_layers - 1)
+        baseline, cost = run.baseline, Cost(run.forward, run.backward)
     cost.seconds = time.perf_counter() - t0
     meta = {"positions": positions, "coders": [c.hook_out for c in coders], **opts}
     extras = {"error": error, **extras}
@@ -288,27 +288,35 @@ def _shift(delta: torch.Tensor, alphas: torch.Tensor) -> Callable[[torch.Tensor]
 _ESTIMATORS = {"atp": _atp, "atp*": _atp_star, "relp": _relp, "ig": _ig}
 
 
-def _exact(model, task, base, src, sites: _Sites, nodes, positions, progress) -> tuple:
+def _exact(model, task, base, src, coders, positions, units, progress) -> tuple:
     """(values, error [coder, pos], baseline, cost): one patched run per latent, and per error
-    term (the site set to its base value plus the error term's change; NaN where the coder
-    writes a site that is not a residual, attention or MLP output), batched by the engine."""
+    term (the site at its base value plus the change of its error term; NaN where the coder
+    writes a site that is not a residual, attention or MLP output), batched by the engine.
+
+    Each coder's nodes are patched with that coder alone spliced in: with error terms the other
+    splices change nothing, and a transcoder writing the last block's MLP output then never
+    shares a pass with patches for which the engine runs that MLP at the read positions only."""
     m = task.metric
-    source, start = _endpoints(model, base, src, sites)
-    error_nodes, fake = [], {}
+    with splice(model, coders, error=True) as sp:
+        sites = _Sites(list(coders), sp.latent_hooks)
+        source, start = _endpoints(model, base, src, sites)
     d_err = sites.error_delta(source, start)
-    for lat, out in zip(sites.latents, sites.outputs):
+    values, error = [], torch.full((len(coders), len(positions)), float("nan"))
+    passes, baseline = 2, None
+    for i, (c, lat, out) in enumerate(zip(coders, sites.latents, sites.outputs)):
+        nodes = latent_nodes([c], positions, units)
+        patch_source, error_nodes = {lat: source[lat]}, []
         parsed = parse_hook(out)
         if parsed is not None and parsed[0] in VECTOR_FAMILIES:
-            fake[out] = start[out] + d_err[lat]  # base site with only its error term from the source
-            error_nodes += [Node(parsed[1], parsed[0], pos=p) for p in positions]
-    run = patch_nodes(model, base, {**source, **fake}, nodes + error_nodes, m, task.roles, progress=progress)
-    baseline = float(m.reduce(run.baseline[None])[0])
-    effects = (m.reduce(run.per_prompt) - baseline).cpu()
-    values, err_flat = effects[: len(nodes)], effects[len(nodes):]
-    error = torch.full((len(sites.coders), len(positions)), float("nan"), dtype=effects.dtype)
-    k = 0
-    for i, out in enumerate(sites.outputs):
-        if out in fake:
-            error[i] = err_flat[k: k + len(positions)]
-            k += len(positions)
-    return values, error, baseline, Cost(forward_passes=run.forward_passes + 2)
+            patch_source[out] = start[out] + d_err[lat]  # the base site with the source's error term
+            error_nodes = [Node(parsed[1], parsed[0], pos=p) for p in positions]
+        with splice(model, [c], error=True):
+            run = patch_nodes(model, base, patch_source, nodes + error_nodes, m, task.roles, progress=progress)
+        b = float(m.reduce(run.baseline[None])[0])  # the same unpatched run for every coder
+        baseline = b if baseline is None else baseline
+        effects = (m.reduce(run.per_prompt) - b).cpu()
+        values.append(effects[: len(nodes)])
+        if error_nodes:
+            error[i] = effects[len(nodes):]
+        passes += run.forward_passes
+    return torch.cat(values), error, baseline, Cost(forward_passes=passes)
