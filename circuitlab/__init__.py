@@ -9,10 +9,12 @@ from circuitlab.methods.logit_lens import logit_lens_topk
 from circuitlab.methods.patchscope import attribute_extraction, patchscope, patchscope_grid, token_identity
 from circuitlab.methods.steering import steer, steering_vector, strength_sweep
 from circuitlab.methods.probes import probe_layers, train_probe
+from circuitlab.methods.input_relevance import InputRelevance, input_relevance
 
 __all__ = ["Model", "load", "tasks", "patch", "dla", "logit_lens", "compare", "Result", "DirectEffects", "HeadScores",
            "Cost", "Node"]
 __all__ += ["logit_lens_topk", "patchscope", "patchscope_grid", "token_identity", "attribute_extraction"]
 __all__ += ["steering_vector", "steer", "strength_sweep"]
 __all__ += ["probe_layers", "train_probe"]
+__all__ += ["input_relevance", "InputRelevance"]
 __version__ = "0.1.0"

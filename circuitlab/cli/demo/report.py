@@ -18,9 +18,10 @@ from typing import Optional
 from tqdm.auto import tqdm
 
 from circuitlab.cli.demo import graphs, sparse
+from circuitlab.methods.input_relevance.demo import demo_section as input_relevance_section
 from circuitlab.viz.attention import attention_figure
 
-SECTIONS = (sparse.demo_section, graphs.demo_section)
+SECTIONS = (sparse.demo_section, graphs.demo_section, input_relevance_section)
 """Extra per-task sections: ``section(model, task, report, out, label, summary)``."""
 
 
