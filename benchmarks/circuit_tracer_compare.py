@@ -207,6 +207,7 @@ def compare(g, ct: dict, ct_meta: dict, node_threshold: float, edge_threshold: f
     ci, ti = node_map(g, ct)
     A_cl, A_ct = ga.adjacency[ci][:, ci], ct["adjacency"][ti][:, ti]
     kinds = [g.kind(int(i)) for i in ci]
+    nodes["feature_nodes"]["common"] = kinds.count("feature")
     by_kind = {}
     for kind in ("feature", "error", "token"):
         cols = torch.tensor([k == kind for k in kinds])
@@ -328,7 +329,8 @@ def summary(res: dict) -> str:
     """A few lines for the terminal."""
     n, e, s, p = res["nodes"], res["edges"]["all"], res["scores"], res["pruning"]
     lines = [f"active features: circuitlab {n['circuitlab']}, circuit-tracer {n['circuit_tracer']}, "
-             f"same set: {n['same_set']}; activations max rel diff {n['activations']['max_rel']:.2e}",
+             f"same set: {n['same_set']}; activations max rel diff {n['activations']['max_rel']:.2e}; feature nodes "
+             f"{n['feature_nodes']}",
              f"edges ({e['n']} entries, {e['nonzero']} nonzero): max |diff| {e['max_abs_diff']:.3e} = "
              f"{e['max_rel']:.2e} of the largest edge, rel. Frobenius {e['rel_fro']:.2e}, corr {e['corr']:.8f}",
              f"pruned ({p['node_threshold']}/{p['edge_threshold']}): nodes kept {p['kept_nodes']}, kept by one only "
