@@ -84,6 +84,7 @@ class SNMFReport:
         from safetensors.torch import save_file
 
         from circuitlab.io import atomic_folder
+        from circuitlab.sparse.snmf.page import write_page
 
         tensors = {"directions": self.fact.Y.float().contiguous().cpu(),
                    "coefficients": self.fact.Z.float().contiguous().cpu()}
@@ -93,9 +94,7 @@ class SNMFReport:
         with atomic_folder(out) as tmp:
             save_file(tensors, str(tmp / FACTORS_FILE))
             (tmp / INFO_FILE).write_text(text)
-        from circuitlab.sparse.snmf.page import write_page
-
-        write_page(self, Path(out) / PAGE_FILE)
+            write_page(self, tmp / PAGE_FILE)
         return Path(out)
 
 
