@@ -9,16 +9,22 @@ from circuitlab.cli.graph import add_graph_args, feature_labels, setup, write_js
 
 EXAMPLES = """examples:
   circuitlab probe --prompt '<bos> The capital of France is' --target ' Paris' --out runs/probe
+  circuitlab probe --model smollm2-135m --prompt 'The capital of France is' --target ' Paris' --out runs/probe
+  circuitlab probe --model smollm2-135m --prompt 'The Eiffel Tower is located in the city of' --out DIR
   circuitlab probe --prompt '...' --concepts concepts.json --swap '<bos> The capital of Spain is' --out DIR
-  (concepts.json: [{"label": "France", "category": "entity", "probes": ["<bos> ...", ...]}, ...])"""
+  (concepts.json: [{"label": "France", "category": "entity", "probes": ["<bos> ...", ...]}, ...])
+Without --concepts: zoo models take concepts from the zoo world, other models from the real-language
+lexicon (countries, capitals, languages, landmarks) for factual-recall prompts."""
 
 
 def add_parser(sub, fmt) -> None:
     p = sub.add_parser("probe", help="probe prompting: supernodes, scores, baseline comparison",
                        epilog=EXAMPLES, formatter_class=fmt)
     add_graph_args(p)
-    p.add_argument("--concepts", default=None, help="JSON list of {label, category, probes}; default: zoo world")
-    p.add_argument("--swap", action="append", default=None, help="entity-swapped prompt (repeatable); default: zoo")
+    p.add_argument("--concepts", default=None,
+                   help="JSON list of {label, category, probes}; default: the zoo world or the real lexicon")
+    p.add_argument("--swap", action="append", default=None,
+                   help="entity-swapped prompt (repeatable); default: the prompt with other subjects of its relation")
     p.set_defaults(fn=run)
 
 
@@ -53,5 +59,6 @@ def run(a) -> None:
     for k, v in r.scores.items():
         print(f"{k}: replacement {v['replacement']:.3f}, completeness {v['completeness']:.3f} "
               f"({v['n_features']} features)")
-    print(f"entity-swap transfer: {r.transfer['overall']:.2f} by layer {r.transfer['by_layer']}")
+    print(f"concepts: {', '.join(r.concepts)}; entity-swap transfer over {r.transfer['n_swaps']} swaps: "
+          f"{r.transfer['overall']:.2f} by layer {r.transfer['by_layer']}")
     print(f"wrote {out}/ (probe.json, probe-graph.json, probe.html)")

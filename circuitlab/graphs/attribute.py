@@ -60,9 +60,13 @@ def logit_targets(model, clean: CleanRun, cfg: GraphConfig, target=None) -> tupl
 
 
 class _Rows:
-    """Edges computed so far: rows over sources [active features, errors, tokens]."""
+    """Edges computed so far: rows over sources [active features, errors, tokens].
 
-    def __init__(self, model, tcs: TranscoderSet, clean: CleanRun):
+    Rows live in two buffers sized once (raw for the graph, normalised for influence), so
+    choosing the next targets costs one matrix-vector product per graph layer, not a copy of
+    every row so far: graphs of 30 layers x thousands of active features stay cheap."""
+
+    def __init__(self, model, tcs: TranscoderSet, clean: CleanRun, n_logits: int, max_features: Optional[int]):
         self.model, self.tcs, self.clean = model, tcs, clean
         L, T = model.n_layers, clean.tokens.shape[0]
         self.L, self.T = L, T
@@ -75,35 +79,48 @@ class _Rows:
         self.values = torch.cat(vals).float()
         self.n_active = len(self.active)
         self.n_src = self.n_active + L * T + T
-        self.rows: list[torch.Tensor] = []
+        self.cap = self.n_active if max_features is None else min(max_features, self.n_active)
+        """Feature targets that will be visited."""
+        self.raw = torch.zeros(n_logits + self.cap, self.n_src)
+        self.normed = torch.zeros(n_logits + self.cap, self.n_src)
+        self.n_rows = 0
         self.targets: list[Target] = []
         self.preacts: list[torch.Tensor] = []
         self.passes = 0
+        act = self.active.to(self.values.device)
+        self.sources = []  # per layer: (active indices, positions, decoder rows times activations), fixed
+        for l, tc in enumerate(tcs.layers):
+            idx = (act[:, 0] == l).nonzero()[:, 0]
+            p, f = act[idx, 1], act[idx, 2]
+            self.sources.append((idx, p, tc.W_dec[f].float() * self.values[idx, None]))  # [n_l, d]
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """[rows computed, sources] edge weights."""
+        return self.raw[: self.n_rows]
 
     def compute(self, targets: Sequence[Target]) -> None:
         vals, g_embed, g_mlp = read_gradients(self.model, self.tcs, self.clean, targets)
         self.passes += 1
         R = len(targets)
         out = torch.zeros(R, self.n_src, device=g_embed.device)
-        act = self.active.to(g_embed.device)
-        for l, tc in enumerate(self.tcs.layers):
-            m = act[:, 0] == l
-            idx = m.nonzero()[:, 0]
+        for l, (idx, p, dec) in enumerate(self.sources):
             if len(idx):
-                p, f = act[idx, 1], act[idx, 2]
-                dec = tc.W_dec[f].float() * self.values[idx, None]  # [n_l, d]
                 out[:, idx] = torch.einsum("rnd,nd->rn", g_mlp[l][:, p], dec)
             e0 = self.n_active + l * self.T
             out[:, e0:e0 + self.T] = torch.einsum("rtd,td->rt", g_mlp[l], self.clean.errors[l])
         t0 = self.n_active + self.L * self.T
         out[:, t0:] = torch.einsum("rtd,td->rt", g_embed, self.clean.embed)
-        self.rows.append(out.cpu())
+        out = out.cpu()
+        self.raw[self.n_rows:self.n_rows + R] = out
+        self.normed[self.n_rows:self.n_rows + R] = normalize(out)  # row-wise: the same as normalising all rows
+        self.n_rows += R
         self.targets += list(targets)
         self.preacts.append(vals.cpu())
 
     def feature_influence(self, logit_w: torch.Tensor) -> torch.Tensor:
         """Influence of each active feature on the logits through the rows computed so far."""
-        M = normalize(torch.cat(self.rows))
+        M = self.normed[: self.n_rows]
         is_logit = torch.tensor([t.kind == "logit" for t in self.targets])
         feat_node = torch.tensor([self._index(t) if t.kind == "feature" else -1 for t in self.targets])
         w0 = torch.zeros(len(self.targets))
@@ -111,10 +128,13 @@ class _Rows:
         cur = w0 @ M
         total = cur.clone()
         frows = (~is_logit).nonzero()[:, 0]
+        contiguous = len(frows) > 0 and int(frows[-1] - frows[0]) == len(frows) - 1
+        M_f = M[int(frows[0]):int(frows[-1]) + 1] if contiguous else M[frows]  # feature rows follow the logits'
+        src_f = feat_node[frows]
         for _ in range(4 * self.L + 8):
             if not bool(cur.any()) or len(frows) == 0:
                 break
-            cur = cur[feat_node[frows]] @ M[frows]
+            cur = cur[src_f] @ M_f
             total += cur
         return total[: self.n_active]
 
@@ -138,11 +158,11 @@ def attribute(model, transcoders, prompt: str | torch.Tensor, target=None,
         raise ValueError("empty prompt")
     clean = clean_run(model, tcs, tokens.to(model.device), exclude_bos=cfg.exclude_bos)
     ids, probs = logit_targets(model, clean, cfg, target)
-    rows = _Rows(model, tcs, clean)
+    rows = _Rows(model, tcs, clean, len(ids), cfg.max_feature_nodes)
     logit_t = [Target("logit", token=i) for i in ids]
     for s in range(0, len(logit_t), cfg.batch_size):
         rows.compute(logit_t[s:s + cfg.batch_size])
-    cap = rows.n_active if cfg.max_feature_nodes is None else min(cfg.max_feature_nodes, rows.n_active)
+    cap = rows.cap
     visited = torch.zeros(rows.n_active, dtype=torch.bool)
     order: list[int] = []
     while len(order) < cap:
@@ -166,13 +186,11 @@ def _assemble(model, tcs, clean, rows: _Rows, selected: list[int], ids, probs, p
     A = torch.zeros(N, N)
     preact = torch.zeros(N)
     sel_pos = {a: i for i, a in enumerate(selected)}
-    all_rows = torch.cat(rows.rows)
+    all_rows = rows.rows
     all_pre = torch.cat(rows.preacts)
     # source columns: selected features keep theirs; the others join their error node
-    col = torch.empty(rows.n_active, dtype=torch.long)
-    for a in range(rows.n_active):
-        l, p, _ = (int(v) for v in rows.active[a])
-        col[a] = sel_pos[a] if a in sel_pos else ns + l * T + p
+    col = ns + rows.active[:, 0] * T + rows.active[:, 1]
+    col[torch.tensor(selected, dtype=torch.long)] = torch.arange(ns)
     src_map = torch.cat([col, torch.arange(ns, ns + L * T + T)])
     node_of_row = []
     for r, t in enumerate(rows.targets):

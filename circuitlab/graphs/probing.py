@@ -17,7 +17,7 @@ from circuitlab.graphs.attribute import GraphConfig, attribute
 from circuitlab.graphs.baselines import coherence, cosine_clusters, layer_influence_clusters
 from circuitlab.graphs.classify import ClassifyConfig, FeatureGroup, build_supernodes, classify
 from circuitlab.graphs.graph import Graph
-from circuitlab.graphs.probes import Concept, swapped_prompts, world_concepts
+from circuitlab.graphs.probes import Concept, default_concepts, default_swaps
 from circuitlab.graphs.prune import prune, pruned_graph, scores, subgraph_scores
 from circuitlab.graphs.signatures import feature_activations, signatures
 from circuitlab.graphs.transcoders import as_transcoders
@@ -32,13 +32,19 @@ class ProbeConfig:
     max_features: int = 80
     """At most this many (layer, feature) units are probed (highest influence first)."""
     node_threshold: float = 0.8
+    """Pruning: keep nodes covering this share of influence on the logits."""
     edge_threshold: float = 0.98
+    """Pruning: keep edges covering this share of edge influence."""
     n_swaps: int = 5
     """Entity swaps for the transfer test."""
+    n_probes: int = 6
+    """Probe prompts per concept when concepts come from the zoo world or the real lexicon."""
     transfer_overlap: float = 0.7
     """A feature transfers when its activation overlap is at least this on above-median positions."""
     graph: GraphConfig = field(default_factory=GraphConfig)
+    """How the attribution graph is built (when no graph is passed)."""
     rules: ClassifyConfig = field(default_factory=ClassifyConfig)
+    """Thresholds of the feature classes (Semantic, Say X, Relationship, ...)."""
 
 
 @dataclass
@@ -133,15 +139,20 @@ def probe_prompting(model, transcoders, prompt: str, target: Optional[str] = Non
                     concepts: Optional[Sequence[Concept]] = None, swaps: Optional[Sequence[str]] = None,
                     cfg: Optional[ProbeConfig] = None, graph: Optional[Graph] = None) -> ProbeResult:
     """Run probe prompting on ``prompt`` for ``target`` (default: the top token). Concepts and
-    swap prompts default to the zoo world's (``world_concepts`` / ``swapped_prompts``); the
-    config to ``ProbeConfig()``."""
+    swap prompts default to the model's own (``probes.default_concepts`` / ``default_swaps``: the
+    zoo world on zoo models, the real-language lexicon on others); the config to
+    ``ProbeConfig()``."""
     cfg = cfg or ProbeConfig()
     tcs = as_transcoders(transcoders)
     g = graph if graph is not None else attribute(model, tcs, prompt, target, cfg.graph)
     target = target or g.logit_strs[0]
-    concepts = list(concepts) if concepts is not None else world_concepts(prompt, target)
+    if concepts is None:
+        concepts = default_concepts(model, prompt, target, cfg.n_probes)
+    concepts = list(concepts)
     if not concepts:
-        raise ValueError("no concepts: pass concepts (label, category, probes) for prompts outside the zoo world")
+        raise ValueError(f"no concepts for {prompt!r}: it names no country or landmark this model's concepts "
+                         "know (the zoo world on zoo models, circuitlab.tasks.real.lexicon otherwise); pass "
+                         "concepts=[Concept(label, category, probes=[...]), ...] (CLI: --concepts FILE)")
     pr, units, infl = _units(g, cfg)
     if not units:
         raise ValueError("no features survive pruning; lower the thresholds or raise max_feature_nodes")
@@ -168,7 +179,7 @@ def probe_prompting(model, transcoders, prompt: str, target: Optional[str] = Non
         coh["cosine clustering"] = coherence(cosine_clusters(seed_acts, k), peaks, patterns)
         coh["layer+influence clustering"] = coherence(
             layer_influence_clusters([units[i][0] for i in grouped], [infl[i] for i in grouped], k), peaks, patterns)
-    swaps = list(swaps) if swaps is not None else [p for _, p in swapped_prompts(prompt, cfg.n_swaps)]
+    swaps = list(swaps) if swaps is not None else [p for _, p in default_swaps(model, prompt, cfg.n_swaps)]
     tr = transfer_rates(model, tcs, prompt, units, classes, swaps, cfg.transfer_overlap)
     return ProbeResult(prompt=prompt, target=target, features=units, influence=infl, classes=classes,
                        rules=[r for _, r in cls_rules], supernodes=sns, scores=sc, coherence=coh, transfer=tr,
