@@ -44,12 +44,11 @@ class Explained:
         value is the *sum* of the per-prompt values: its gradient with respect to one prompt's
         inputs is that prompt's own gradient (prompts do not interact)."""
         m, n = self.metric, len(idx)
-        cpu = idx.to(m.positions.device)
 
         def per_prompt(logits, rows):
             return m.per_prompt(logits, idx.to(rows.device)[rows])
 
-        return Metric(m.name, m.positions[cpu], per_prompt, finish=lambda x: x * n)
+        return Metric(m.name, m.positions[idx.to(m.positions.device)], per_prompt, finish=lambda x: x * n)
 
 
 def explained(model, inputs, target=None) -> Explained:
