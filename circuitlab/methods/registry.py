@@ -147,7 +147,7 @@ class Registry(Mapping[str, Method]):
 
 NODE_METHODS = Registry("node", NODE_ARGUMENTS, ["circuitlab.methods"])
 """Node methods (``cl.patch(..., method=name)``): exact patching and its estimators."""
-EDGE_METHODS = Registry("edge", EDGE_ARGUMENTS, ["circuitlab.circuits"])
+EDGE_METHODS = Registry("edge", EDGE_ARGUMENTS, ["circuitlab.circuits", "circuitlab.methods"])
 """Edge methods (``circuits.edges(..., method=name)``): exact edge patching and its estimators."""
 node_method = NODE_METHODS.register
 edge_method = EDGE_METHODS.register
