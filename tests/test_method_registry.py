@@ -21,7 +21,7 @@ def test_registries_list_every_method_in_order():
     assert list(NODE_METHODS) == ["exact", "atp", "atp*", "relp", "ig", "cdt"]
     assert list(EDGE_METHODS) == ["eap", "eap-ig", "path", "cdt"]
     assert cl.api.METHODS is NODE_METHODS and cc.METHODS is EDGE_METHODS
-    assert NODE_METHODS["ig"].option_names == ["layers", "steps", "variant", "rule"]
+    assert NODE_METHODS["ig"].option_names == ["layers", "steps", "variant", "rule", "baseline"]
     assert NODE_METHODS["atp*"].several is not None
 
 
