@@ -22,7 +22,7 @@ from circuitlab.graphs.export import check_schema, to_neuronpedia, write_neuronp
 from circuitlab.graphs.fit import FitConfig, fit_transcoders
 from circuitlab.graphs.graph import Graph
 from circuitlab.graphs.page import graph_page, write_page
-from circuitlab.graphs.probes import Concept, swapped_prompts, world_concepts
+from circuitlab.graphs.probes import Concept, real_concepts, real_swaps, swapped_prompts, world_concepts
 from circuitlab.graphs.probing import ProbeConfig, ProbeResult, probe_prompting
 from circuitlab.graphs.prune import Pruned, Scores, prune, pruned_graph, scores, subgraph_scores
 from circuitlab.graphs.transcoders import (TranscoderSet, as_transcoders, find_transcoders, load_transcoders,
@@ -33,4 +33,4 @@ __all__ = ["GraphConfig", "attribute", "Graph", "prune", "pruned_graph", "scores
            "Scores", "to_neuronpedia", "write_neuronpedia", "check_schema", "graph_page", "write_page",
            "TranscoderSet", "as_transcoders", "load_transcoders", "save_transcoders", "find_transcoders", "FitConfig",
            "fit_transcoders", "intervention_effects", "Concept", "world_concepts", "swapped_prompts", "ProbeConfig",
-           "ProbeResult", "probe_prompting"]
+           "ProbeResult", "probe_prompting", "real_concepts", "real_swaps"]
