@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import torch
 
 from circuitlab.engine.forward import metric_per_prompt
-from circuitlab.engine.patching import node_positions
+from circuitlab.engine.patching import _free_memory, node_positions
 from circuitlab.methods.attribution import make_result, node_values, prepare, reduce_to_nodes
 from circuitlab.methods.cdt.rules import ACTIVATION_RULES, BIAS_RULES, Pair, Rules
 from circuitlab.methods.cdt.sources import Inject, check_source_family
@@ -130,16 +130,13 @@ def _chunk(model, B: int, T: int, k: int, cap: Optional[int]) -> int:
     per = 2 * B * T * elem * (8 * model.d_model + 4 * model.d_mlp + 3 * model.n_heads * model.d_head)
     per += 4 * B * k * model.d_vocab * elem
     dev = model.device
-    if dev.type == "cuda":
-        free = torch.cuda.mem_get_info(dev)[0]
-    else:
-        free = 8 << 30
-        try:
-            with open("/proc/meminfo") as f:
-                free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-        except (OSError, StopIteration):
-            pass
-    return int(max(1, min(256 if dev.type == "cuda" else 32, free // 4 // max(per, 1))))
+    return int(max(1, min(256 if dev.type == "cuda" else 32, _free_memory(dev) // 4 // max(per, 1))))
+
+
+def _first_position(node, roles: dict, B: int, device) -> int:
+    """The earliest position ``node`` is at in any prompt (0 for all positions)."""
+    pos = node_positions(node, roles, B, device)
+    return 0 if pos is None else int(pos.min())
 
 
 def _propagate(model, frame: Frame, run: Run, nodes, task, refs, rules: Rules, cap) -> tuple[torch.Tensor, int]:
@@ -147,8 +144,7 @@ def _propagate(model, frame: Frame, run: Run, nodes, task, refs, rules: Rules, c
     nodes of nearby layers walked together."""
     B, T = run.tokens.shape
     metric = task.metric
-    first = {i: int(p.min()) if (p := node_positions(nodes[i], task.roles, B, run.tokens.device)) is not None else 0
-             for i in range(len(nodes))}
+    first = [_first_position(n, task.roles, B, run.tokens.device) for n in nodes]
     order = sorted(range(len(nodes)), key=lambda i: (nodes[i].layer, first[i]))
     size = _chunk(model, B, T, metric.positions.shape[1], cap)
     out = torch.empty(len(nodes), dtype=compute_dtype(model))
