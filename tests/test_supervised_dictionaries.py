@@ -251,4 +251,5 @@ def test_smollm2_supervised_dictionary():
     scores = S.evaluate_supervised(model, None, S.SupervisedOptions(n_fit=256, n_eval=64, max_latents=2))
     c = scores.control["io"]
     assert scores.logit_diff_clean > 0
-    assert c.supervised_success >= 0.5 and c.success[S.EDIT_BUDGET - 1] == c.supervised_success
+    assert c.supervised_success >= 0.5
+    assert c.success[S.EDIT_BUDGET - 1] >= c.supervised_success - 0.1  # the dictionary as a coder

@@ -43,8 +43,10 @@ EDIT_BUDGET = 2
 """Latents a supervised edit changes (one attribute vector out, one in): the control column."""
 MIN_SPAN = 0.1
 """Sufficiency and necessity are left undefined (NaN) where mean-ablating the site moves the
-logit difference by less than this fraction of its clean value: the site does not carry the
-task there, and the ratios would divide by noise."""
+logit difference by less than this fraction of its clean value, and edit effects where patching
+in the counterfactual's activation moves it by less than this fraction of what the
+counterfactual prompt does: the site does not carry the task (or the attribute) there, and the
+ratios would divide by noise."""
 
 
 class Coder(Protocol):
@@ -394,6 +396,7 @@ class Control:
     the logit difference between the counterfactual's answer and its competitor."""
 
     attribute: str
+    """The attribute edited (io, s or order)."""
     patch_success: Optional[float]
     """Fraction of prompts whose answer switches to the new name when the counterfactual's
     activation is patched in (the ceiling; None for s and order, which keep the answer)."""
@@ -401,7 +404,13 @@ class Control:
     """The same under the supervised edit ``x - u[a, old] + u[a, new]``."""
     supervised_effect: float
     """(LD edited - LD unedited) / (LD counterfactual patched in - LD unedited), LD = the
-    counterfactual answer's logit minus its competitor's; 1: the patch's whole effect."""
+    counterfactual answer's logit minus its competitor's; 1: the patch's whole effect. NaN where
+    the patch moves LD by less than ``MIN_SPAN`` of what the counterfactual prompt itself does
+    (the site and position do not carry the attribute)."""
+    patch_effect: float
+    """Mean LD change (logits) from patching in the counterfactual's activation."""
+    counterfactual_effect: float
+    """Mean LD change (logits) from running the counterfactual prompt itself."""
     success: list[Optional[float]]
     """Switch rate with 1, 2, ... max_latents latents edited (None where the answer stays)."""
     effect: list[float]
@@ -418,6 +427,7 @@ class Interpretability:
     """How well single latents predict the values of one attribute."""
 
     attribute: str
+    """The attribute scored (io, s or order)."""
     mean_f1: float
     """Mean over values of the best latent's F1 (1: a latent active exactly on each value)."""
     per_value: dict[str, dict]
@@ -447,7 +457,9 @@ class SupervisedScores:
     approximation: Approximation
     """The coder's (reconstruction = decode(encode(x)))."""
     control: dict[str, Control]
+    """Per edited attribute."""
     interpretability: dict[str, Interpretability]
+    """Per attribute of the dictionary."""
 
     def summary(self) -> dict[str, Optional[float]]:
         """Flat columns for an eval table: ``sup_suff``/``sup_nec`` (the dictionary),
@@ -632,9 +644,11 @@ def _control(model, coder, dictionary: SupervisedDictionary, ev: IOIPrompts, att
     base = _ld(measure(None)).mean()
     patched = measure(t)
     gap = float(_ld(patched).mean() - base)
+    whole = float(_ld(_logits(model, cf, ids, batch=bs)).mean() - base)
+    defined = abs(gap) > max(MIN_SPAN * abs(whole), 1e-6)
 
     def effect(lg: torch.Tensor) -> float:
-        return float((_ld(lg).mean() - base) / gap) if abs(gap) > 1e-6 else float("nan")
+        return float((_ld(lg).mean() - base) / gap) if defined else math.nan
 
     def rate(lg: torch.Tensor) -> Optional[float]:
         return float(switched(lg).double().mean()) if changes else None
@@ -653,7 +667,7 @@ def _control(model, coder, dictionary: SupervisedDictionary, ev: IOIPrompts, att
         share = float(any_hit.double().mean())
         if any_hit.any():
             first = float((hits.double().argmax(1)[any_hit] + 1).double().mean())
-    return Control(attribute, rate(patched), rate(sup), effect(sup), [rate(lg) for lg in logits],
+    return Control(attribute, rate(patched), rate(sup), effect(sup), gap, whole, [rate(lg) for lg in logits],
                    [effect(lg) for lg in logits], first, share)
 
 
