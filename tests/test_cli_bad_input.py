@@ -178,4 +178,4 @@ def test_help_still_exits_zero(capsys):
     assert cli.main(["sweep", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "--batch-size" in out and "--positions" in out
-    assert "ig (layers, steps, variant, rule)" in out  # every method's options, read from the registry
+    assert "ig (layers, steps, variant, rule, baseline)" in out  # every method's options, read from the registry
