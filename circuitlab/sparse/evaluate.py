@@ -53,6 +53,17 @@ def reconstruction_metrics(coder: SparseCoder, x: torch.Tensor, y: Optional[torc
     }
 
 
+def next_token_logprobs(model, tokens: torch.Tensor, hooks=(), ctx=None) -> torch.Tensor:
+    """[batch, pos - 1, vocab] float64 log-probabilities of each next token, with ``hooks``
+    applied and inside the context manager ``ctx`` (a splice) when given."""
+    if ctx is None:
+        resid = run_to_final(model, tokens, hooks)
+    else:
+        with ctx:
+            resid = run_to_final(model, tokens, hooks)
+    return torch.log_softmax(final_logits(model, resid).double(), -1)[:, :-1]
+
+
 def _passthrough(ex: Exclusion, tokens_box: dict):
     def fn(x: torch.Tensor) -> torch.Tensor:
         toks, lengths = tokens_box["tokens"], tokens_box["lengths"]
@@ -91,12 +102,7 @@ def splice_metrics(model, coder: SparseCoder, docs: Sequence[Document], ctx_len:
         target = tokens[:, 1:]
 
         def logp(hooks=(), ctx=None):
-            if ctx is None:
-                resid = run_to_final(model, tokens, hooks)
-            else:
-                with ctx:
-                    resid = run_to_final(model, tokens, hooks)
-            return torch.log_softmax(final_logits(model, resid).double(), -1)[:, :-1]
+            return next_token_logprobs(model, tokens, hooks, ctx)
 
         def ce(lp):
             nll = -lp.gather(-1, target[..., None])[..., 0]

@@ -19,9 +19,8 @@ from typing import Optional, Sequence
 import torch
 
 from circuitlab.data import DEFAULT, Document
-from circuitlab.engine.forward import final_logits, run_to_final
 from circuitlab.sparse.base import SparseCoder
-from circuitlab.sparse.evaluate import _passthrough, heldout_documents
+from circuitlab.sparse.evaluate import _passthrough, heldout_documents, next_token_logprobs
 from circuitlab.sparse.splice import splice
 from circuitlab.sparse.store import ActivationSource, Exclusion, SourceSpec, keep_mask, shared_spec, tokenize_documents
 
@@ -138,12 +137,7 @@ def splice_set(model, coders: dict[str, SparseCoder], docs: Sequence[Document], 
         target = tokens[:, 1:]
 
         def logp(hooks=(), ctx=None):
-            if ctx is None:
-                resid = run_to_final(model, tokens, hooks)
-            else:
-                with ctx:
-                    resid = run_to_final(model, tokens, hooks)
-            return torch.log_softmax(final_logits(model, resid).double(), -1)[:, :-1]
+            return next_token_logprobs(model, tokens, hooks, ctx)
 
         clean = logp()
 
