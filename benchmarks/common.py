@@ -11,6 +11,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
+def label(method: str, kw: dict) -> str:
+    """A results-table name for an estimator run with options ``kw`` (RelP's rule, IG's variant)."""
+    if method == "relp":
+        return "relp (attnlrp)" if kw.get("attention") == "attnlrp" else "relp (LN rule)"
+    if method == "ig":
+        return f"ig ({kw.get('variant', 'inputs')})"
+    return method
+
+
 def gpt2_small_random(folder: Path | None = None, layers: int = 12, d_model: int = 768, heads: int = 12,
                       vocab: int = 50257) -> Path:
     """Save a randomly initialised GPT-2-small-shaped model (with a small word tokenizer)."""

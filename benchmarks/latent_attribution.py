@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import circuitlab as cl
+from common import label
 from circuitlab.agreement import pearson
 from circuitlab.sparse.attribution import LATENT_METHODS
 from circuitlab.sparse.bundled import find_coder
@@ -37,14 +38,6 @@ VARIANTS = {"relp": [{"attention": "attnlrp"}], "ig": [{"variant": "activations"
 ESTIMATORS = [(m, kw) for m in LATENT_METHODS if m != "exact" for kw in [{}] + VARIANTS.get(m, [])]
 KINDS = ("resid", "transcoder")
 """Coder folders ``*_<kind>_L<layer>`` (see circuitlab.sparse.bundled.find_coder)."""
-
-
-def label(method: str, kw: dict) -> str:
-    if method == "relp":
-        return "relp (attnlrp)" if kw.get("attention") == "attnlrp" else "relp (LN rule)"
-    if method == "ig":
-        return f"ig ({kw.get('variant', 'inputs')})"
-    return method
 
 
 def coders_of(model_name: str, kind: str, n_layers: int, layers=None) -> list:

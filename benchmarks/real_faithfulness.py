@@ -25,20 +25,13 @@ from pathlib import Path
 import torch
 
 import circuitlab as cl
+from common import label
 from circuitlab.methods.registry import NODE_METHODS
 
 FAMILIES = ["attn_out", "mlp_out", "resid_pre", "heads", "q", "k", "v"]
 VARIANTS = {"relp": [{"attention": "attnlrp"}], "ig": [{"variant": "activations", "steps": 8}]}
 """Further option settings run after an estimator's defaults."""
 ESTIMATORS = [(m, kw) for m in NODE_METHODS if m != "exact" for kw in [{}] + VARIANTS.get(m, [])]
-
-
-def label(method: str, kw: dict) -> str:
-    if method == "relp":
-        return "relp (attnlrp)" if kw.get("attention") == "attnlrp" else "relp (LN rule)"
-    if method == "ig":
-        return f"ig ({kw.get('variant', 'inputs')})"
-    return method
 
 
 def _round(x, nd=3):
