@@ -21,7 +21,7 @@ def demo_section(model, task, report, out: Path, label: str, summary: dict) -> N
     from circuitlab.graphs.attribute import GraphConfig, attribute
     from circuitlab.graphs.export import write_neuronpedia
     from circuitlab.graphs.page import graph_figure, write_page
-    from circuitlab.graphs.probes import world_concepts
+    from circuitlab.graphs.probes import default_concepts
     from circuitlab.graphs.probing import ProbeConfig, probe_prompting
     from circuitlab.graphs.prune import prune, pruned_graph, scores
 
@@ -33,8 +33,9 @@ def demo_section(model, task, report, out: Path, label: str, summary: dict) -> N
     sc = [scores(g), scores(pruned_graph(g, pr), "pruned")]
     groups, probe = [], None
     try:
-        if world_concepts(prompt, target):
-            probe = probe_prompting(model, tcs, prompt, target, cfg=ProbeConfig(), graph=g)
+        concepts = default_concepts(model, prompt, target)
+        if concepts:
+            probe = probe_prompting(model, tcs, prompt, target, concepts=concepts, cfg=ProbeConfig(), graph=g)
             groups = probe.node_groups()
     except ValueError as e:  # no features survive, no concepts: the graph section still stands
         summary[f"{label}_probe_error"] = str(e)
