@@ -10,6 +10,7 @@ from circuitlab.methods.patchscope import attribute_extraction, patchscope, patc
 from circuitlab.methods.steering import steer, steering_vector, strength_sweep
 from circuitlab.methods.probes import probe_layers, train_probe
 from circuitlab.methods.input_relevance import InputRelevance, input_relevance
+from circuitlab.methods.tuned_lens import TunedLens, TunedLensConfig, lens_depth, train_tuned_lens, tuned_lens_topk
 
 __all__ = ["Model", "load", "tasks", "patch", "dla", "logit_lens", "compare", "Result", "DirectEffects", "HeadScores",
            "Cost", "Node"]
@@ -17,4 +18,5 @@ __all__ += ["logit_lens_topk", "patchscope", "patchscope_grid", "token_identity"
 __all__ += ["steering_vector", "steer", "strength_sweep"]
 __all__ += ["probe_layers", "train_probe"]
 __all__ += ["input_relevance", "InputRelevance"]
+__all__ += ["TunedLens", "TunedLensConfig", "train_tuned_lens", "tuned_lens_topk", "lens_depth"]
 __version__ = "0.1.0"

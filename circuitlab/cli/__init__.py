@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from circuitlab.cli import (circuit, data, demo, eval, features, graph, models, probe, snmf, supervised, sweep, train,
-                            zoo)
+from circuitlab.cli import (circuit, data, demo, eval, features, graph, lens, models, probe, snmf, supervised, sweep,
+                            train, zoo)
 from circuitlab.cli.checks import check_args
 
-COMMANDS = (demo, sweep, zoo, models, data, train, eval, circuit, graph, probe, snmf, features, supervised)
+COMMANDS = (demo, sweep, zoo, models, data, train, eval, circuit, graph, probe, snmf, features, supervised, lens)
 """Subcommand modules in ``--help`` order; each ``add_parser`` sets ``fn`` on its parser."""
 
 
