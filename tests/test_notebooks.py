@@ -3,8 +3,9 @@
 The structure is read without running anything. Execution runs each notebook top to bottom in a
 real Jupyter kernel (fast mode: fewer prompts, steps and tokens), where the closing cell asserts,
 within tolerances it states, the numbers its findings paragraph gives. A notebook on a fetched real
-model (metadata ``circuitlab.needs_models``) is skipped where that model is not fetched; it runs
-minutes even in fast mode, so it is also marked slow."""
+model (metadata ``circuitlab.needs_models``) is skipped where that model is not fetched (and one
+that needs a model's trained transcoders, ``circuitlab.needs_transcoders``, where they are not
+found); it runs minutes even in fast mode, so it is also marked slow."""
 
 import json
 import re
@@ -18,6 +19,10 @@ PLOTLY = "application/vnd.plotly.v1+json"
 
 def _needs_models(path: Path) -> list:
     return json.loads(path.read_text()).get("metadata", {}).get("circuitlab", {}).get("needs_models", [])
+
+
+def _needs_coders(path: Path) -> list:
+    return json.loads(path.read_text()).get("metadata", {}).get("circuitlab", {}).get("needs_transcoders", [])
 
 
 def _read(path: Path):
@@ -57,6 +62,11 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     missing = [m for m in _needs_models(path) if not fetch.is_fetched(m)]
     if missing:
         pytest.skip(f"needs fetched {missing} (circuitlab models fetch NAME)")
+    from circuitlab.graphs.transcoders import find_transcoders
+
+    untrained = [m for m in _needs_coders(path) if find_transcoders(m) is None]
+    if untrained:
+        pytest.skip(f"needs transcoders for {untrained} (circuitlab train saes/configs/MODEL.toml)")
     nb = _read(path)
     monkeypatch.setenv("CIRCUITLAB_FAST", "1")
     monkeypatch.chdir(tmp_path)
