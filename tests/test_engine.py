@@ -92,14 +92,77 @@ def test_last_mlp_runs_only_at_read_positions(tiny_model, arch):
     last = f"blocks.{m.n_layers - 1}.hook_mlp_out"
     pos = torch.randint(0, TOKS.shape[1], (TOKS.shape[0], 2))
     rows = torch.arange(TOKS.shape[0])[:, None]
-    shapes = []
-    with torch.no_grad():
-        full = run_to_final(m, TOKS)
-        part = run_to_final(m, TOKS, [(last, lambda x: shapes.append(tuple(x.shape)))], read_positions=pos)
-        again = run_to_final(m, TOKS)
-    assert shapes == [(TOKS.shape[0], 2, m.d_model)]  # the MLP saw the read positions only
+    shapes, hooked = [], []
+    mlp = m.bridge.blocks[m.n_layers - 1].mlp
+    handle = mlp.register_forward_pre_hook(lambda mod, args: shapes.append(tuple(args[0].shape)))
+    try:
+        with torch.no_grad():
+            full = run_to_final(m, TOKS)
+            shapes.clear()
+            part = run_to_final(m, TOKS, [(last, lambda x: hooked.append(x.clone()))], read_positions=pos)
+            again = run_to_final(m, TOKS)
+    finally:
+        handle.remove()
+    assert shapes[0] == (TOKS.shape[0], 2, m.d_model)  # the MLP saw the read positions only
     assert torch.allclose(part[rows, pos], full[rows, pos], atol=1e-5)
     assert torch.equal(again, full)  # the MLP is restored afterwards
+    # a hook inside it sees every position: the MLP's output where it ran, zeros elsewhere
+    (seen,) = hooked
+    assert seen.shape == (TOKS.shape[0], TOKS.shape[1], m.d_model)
+    ran = torch.zeros(TOKS.shape, dtype=torch.bool)
+    ran[rows, pos] = True
+    mlp_out = capture(m, TOKS, [last])[last]
+    assert torch.allclose(seen[ran], mlp_out[ran], atol=1e-5) and not seen[~ran].any()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_transcoder_at_last_mlp_with_read_positions(tiny_model, ioi_pairs, arch):
+    """A transcoder spliced at the last block's MLP reads the residual stream before the MLP at
+    every position and writes the MLP's output: with the MLP run at the read positions only,
+    forward passes and latent patches give the values of the all-positions path."""
+    from circuitlab.engine.forward import final_logits, metric_per_prompt
+    from circuitlab.sparse.base import config_class, make_coder
+    from circuitlab.sparse.splice import splice
+
+    m = tiny_model(arch)
+    L = m.n_layers - 1
+    torch.manual_seed(0)
+    tc = make_coder(config_class("relu")(d_in=m.d_model, d_sae=32, d_out=m.d_model,
+                                         hooks_in=(f"blocks.{L}.hook_resid_mid",),
+                                         hooks_out=(f"blocks.{L}.hook_mlp_out",)))
+    pos = torch.tensor([[7, 2], [1, 7]])
+    rows = torch.arange(2)[:, None]
+
+    def bump(f):
+        return f + torch.arange(f.shape[-1], dtype=f.dtype) / f.shape[-1]
+
+    with torch.no_grad():
+        plain = run_to_final(m, TOKS)
+        with splice(m, [tc]) as sp:
+            lat = sp.latent_hooks[0]
+            full = run_to_final(m, TOKS, [(lat, bump)])
+            part = run_to_final(m, TOKS, [(lat, bump)], read_positions=pos)
+    assert torch.allclose(part[rows, pos], full[rows, pos], atol=1e-5)
+    assert (full - plain).abs().max() > 1e-2  # the splice and the patch act
+
+    task = cl.tasks.from_pairs(m, ioi_pairs)
+    T = task.clean_tokens.shape[1]
+    nodes = [Node(L, "latents", unit=u, pos=p) for p in range(T) for u in (0, 17)]
+    with splice(m, [tc]) as sp:
+        lat = sp.latent_hooks[0]
+        source = {lat: capture(m, task.clean_tokens, [lat])[lat] + 3.0}  # far from the base values
+        run = patch_nodes(m, task.corrupt_tokens, source, nodes, task.metric, skip_noops=False)
+        ref = []
+        for n in nodes:
+            def put(f, n=n):
+                f = f.clone()
+                f[:, n.pos, n.unit] = source[lat][:, n.pos, n.unit]
+                return f
+
+            ref.append(metric_per_prompt(m, task.corrupt_tokens, task.metric, [(lat, put)]))
+    ref = torch.stack(ref).to(run.per_prompt.dtype)
+    assert torch.allclose(run.per_prompt, ref, atol=1e-5)
+    assert (ref - run.baseline).abs().max() > 1e-4
 
 
 def resid_at(m, layer):

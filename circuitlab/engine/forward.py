@@ -10,6 +10,7 @@ cached base run).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
@@ -51,8 +52,9 @@ def run_to_final(
     run's keys/values (for later restarts); one already holding earlier positions makes
     ``tokens`` the positions that follow them (cached generation). ``read_positions`` [batch, k] (relative to
     ``start_pos``): the only positions the caller will read; the last block's MLP then runs on
-    those alone (the rest of the returned residual is not the model's). Callers must not hook
-    the last block's MLP when they pass it."""
+    those alone (the rest of the returned residual is not the model's). Hooks inside that MLP
+    still see every position (zeros where it did not run), so hooks that pair them with
+    tensors from outside it (a spliced transcoder's input) line up."""
     bridge = model.bridge
     hooks = list(hooks) + [(hook_name("ln_final.in"), _stop)]
     kwargs: dict = {}
@@ -188,42 +190,88 @@ class _skip_blocks:
 
 
 class _RowsOnly(torch.nn.Module):
-    """An MLP applied at chosen (row, position) pairs only; zeros elsewhere."""
+    """An MLP applied at chosen (row, position) pairs only; zeros elsewhere.
+
+    Hook points inside the MLP that carry hooks are widened for their hooks: ``widen`` scatters
+    the gathered activation into a [batch, all positions, ...] tensor (zeros where the MLP does
+    not run) before the hooks, ``narrow`` gathers it back after them. Why: a hook there may pair
+    the activation with one captured outside the MLP at every position (a transcoder reads the
+    residual stream before the MLP and writes its output) or patch by position masks built for
+    the whole sequence; each position's result is the same as in the full pass."""
 
     def __init__(self, mlp: torch.nn.Module, positions: torch.Tensor):
         super().__init__()
         self.mlp, self.positions = mlp, positions
+        self._where: Optional[tuple[torch.Tensor, torch.Tensor, int]] = None
+        self._widened: set[int] = set()
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         pos = self.positions.to(x.device)
         rows = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(pos)
-        y = self.mlp(x[rows, pos], *args, **kwargs)
+        self._where = (rows, pos, x.shape[1])
+        try:
+            y = self.mlp(x[rows, pos], *args, **kwargs)
+        finally:
+            self._where = None
+            self._widened.clear()
         out = x.new_zeros(x.shape[:-1] + y.shape[-1:])
         out[rows, pos] = y
         return out
+
+    def widen(self, module, args, kwargs):
+        """Forward pre-hook of a hook point: [batch, k, ...] -> [batch, all positions, ...]."""
+        if self._where is None or not args or not torch.is_tensor(args[0]):
+            return None
+        rows, pos, T = self._where
+        a = args[0]
+        if a.dim() < 2 or tuple(a.shape[:2]) != tuple(pos.shape):
+            return None  # not laid out [batch, read positions, ...]: its hooks see it as it is
+        full = a.new_zeros((a.shape[0], T) + tuple(a.shape[2:]))
+        full[rows, pos] = a
+        self._widened.add(id(module))
+        return (full,) + tuple(args[1:]), kwargs
+
+    def narrow(self, module, args, output):
+        """Forward hook of a hook point, after its own hooks: back to the read positions."""
+        if self._where is None or id(module) not in self._widened:
+            return None
+        self._widened.discard(id(module))
+        rows, pos, _ = self._where
+        return output[rows, pos]
 
 
 class _last_mlp_at:
     """Temporarily run the last block's MLP only where the caller reads: in the last block a
     position's MLP output reaches no other position, and the MLP is most of the block's work.
     Only where the model's adapter calls that MLP dense and position-wise (a mixture of experts
-    returns router outputs too and is left alone)."""
+    returns router outputs too and is left alone). Hook points inside the MLP that carry hooks
+    when the block is entered are widened to every position (``_RowsOnly``)."""
 
     def __init__(self, model, positions: Optional[torch.Tensor]):
         self.model, self.positions, self.owner = model, positions, None
+        self.stack = contextlib.ExitStack()
 
     def __enter__(self):
         if self.positions is None:
             return
         slot = self.model.adapter.dense_mlp_slot(self.model.n_layers - 1)
         if slot is not None:
+            from transformer_lens.hook_points import HookPoint
+
             self.owner, self.attr = slot
             self.mlp = getattr(self.owner, self.attr)
-            setattr(self.owner, self.attr, _RowsOnly(self.mlp, self.positions))
+            rows_only = _RowsOnly(self.mlp, self.positions)
+            hooked = [m for m in self.mlp.modules() if isinstance(m, HookPoint) and m._forward_hooks]
+            self.stack.enter_context(scoped_hooks(self.model.bridge, (),
+                                                  [(hp, rows_only.widen) for hp in hooked],
+                                                  [(hp, rows_only.narrow) for hp in hooked]))
+            setattr(self.owner, self.attr, rows_only)
 
     def __exit__(self, *exc):
         if self.owner is not None:
             setattr(self.owner, self.attr, self.mlp)
+            self.owner = None
+        self.stack.close()
         return False
 
 

@@ -52,9 +52,12 @@ def scoped_hooks(
     bridge,
     forward: Iterable[tuple[str, HookFn]] = (),
     pre_modules: Iterable[tuple[torch.nn.Module, Callable]] = (),
+    post_modules: Iterable[tuple[torch.nn.Module, Callable]] = (),
 ) -> Iterator[None]:
-    """Attach forward hooks ``fn(activation) -> replacement | None`` by hook name, and
-    forward pre-hooks on plain modules, for the duration of the block."""
+    """Attach forward hooks ``fn(activation) -> replacement | None`` by hook name, forward
+    pre-hooks ``fn(module, args, kwargs)`` on plain modules, and forward hooks
+    ``fn(module, args, output)`` on plain modules (run after the module's existing hooks),
+    for the duration of the block."""
     added: list[tuple[object, object]] = []
     handles: list[torch.utils.hooks.RemovableHandle] = []
     lock = model_lock(bridge)
@@ -66,6 +69,8 @@ def scoped_hooks(
             added.append((hp, lens_handle))
         for module, fn in pre_modules:
             handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
+        for module, fn in post_modules:
+            handles.append(module.register_forward_hook(fn))
         yield
     finally:
         for hp, lens_handle in added:

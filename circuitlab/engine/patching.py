@@ -179,9 +179,8 @@ def patch_nodes(
         rows = rows_b.repeat(k)
         rel = positions[rows] - start  # metric positions in this pass's recomputed span
         at = rel.clamp(min=0)
-        read = None if any(_in_last_mlp(model, n) for i in chunk for n in patches[i]) else at
         with torch.no_grad():
-            new = run_to_final(model, tokens, hooks, restart, read_positions=read)
+            new = run_to_final(model, tokens, hooks, restart, read_positions=at)
             final = new.gather(1, at[..., None].expand(-1, -1, new.shape[-1]))
             if start > 0:  # metric positions before the restart keep their base values
                 final = torch.where((rel >= 0)[..., None], final, base_at_metric.repeat(k, 1, 1))
@@ -220,11 +219,6 @@ def _past_rows(keys: torch.Tensor, values: torch.Tensor, start: int, k: int, act
         return keys[:, :, :start].repeat(k, 1, 1, 1), values[:, :, :start].repeat(k, 1, 1, 1)
     shape = (k * keys.shape[0],) + tuple(keys.shape[1:2]) + (start,) + tuple(keys.shape[3:])
     return keys[:1, :, :start].expand(shape), values[:1, :, :start].expand(shape)
-
-
-def _in_last_mlp(model, node: Node) -> bool:
-    """Whether a patch acts inside the last block's MLP (which may then run at read positions only)."""
-    return node.layer == model.n_layers - 1 and node.family in ("mlp_out", "neurons", "latents")
 
 
 def plan_chunks(order, layer_of, start_of, n_layers, T, cap, max_waste, restart=True, positions=True):

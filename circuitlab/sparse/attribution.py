@@ -293,30 +293,29 @@ def _exact(model, task, base, src, coders, positions, units, progress) -> tuple:
     term (the site at its base value plus the change of its error term; NaN where the coder
     writes a site that is not a residual, attention or MLP output), batched by the engine.
 
-    Each coder's nodes are patched with that coder alone spliced in: with error terms the other
-    splices change nothing, and a transcoder writing the last block's MLP output then never
-    shares a pass with patches for which the engine runs that MLP at the read positions only."""
+    All coders stay spliced with their error terms, so a coder whose nodes are not patched
+    changes nothing; each coder's nodes are swept in their own engine call, so its passes are
+    the ones it has alone."""
     m = task.metric
     with splice(model, coders, error=True) as sp:
         sites = _Sites(list(coders), sp.latent_hooks)
         source, start = _endpoints(model, base, src, sites)
-    d_err = sites.error_delta(source, start)
-    values, error = [], torch.full((len(coders), len(positions)), float("nan"))
-    passes, baseline = 2, None
-    for i, (c, lat, out) in enumerate(zip(coders, sites.latents, sites.outputs)):
-        nodes = latent_nodes([c], positions, units)
-        patch_source, error_nodes = {lat: source[lat]}, []
-        parsed = parse_hook(out)
-        if parsed is not None and parsed[0] in VECTOR_FAMILIES:
-            patch_source[out] = start[out] + d_err[lat]  # the base site with the source's error term
-            error_nodes = [Node(parsed[1], parsed[0], pos=p) for p in positions]
-        with splice(model, [c], error=True):
+        d_err = sites.error_delta(source, start)
+        values, error = [], torch.full((len(coders), len(positions)), float("nan"))
+        passes, baseline = 2, None
+        for i, (c, lat, out) in enumerate(zip(coders, sites.latents, sites.outputs)):
+            nodes = latent_nodes([c], positions, units)
+            patch_source, error_nodes = {lat: source[lat]}, []
+            parsed = parse_hook(out)
+            if parsed is not None and parsed[0] in VECTOR_FAMILIES:
+                patch_source[out] = start[out] + d_err[lat]  # the base site with the source's error term
+                error_nodes = [Node(parsed[1], parsed[0], pos=p) for p in positions]
             run = patch_nodes(model, base, patch_source, nodes + error_nodes, m, task.roles, progress=progress)
-        b = float(m.reduce(run.baseline[None])[0])  # the same unpatched run for every coder
-        baseline = b if baseline is None else baseline
-        effects = (m.reduce(run.per_prompt) - b).cpu()
-        values.append(effects[: len(nodes)])
-        if error_nodes:
-            error[i] = effects[len(nodes):]
-        passes += run.forward_passes
+            b = float(m.reduce(run.baseline[None])[0])  # the same unpatched run for every coder
+            baseline = b if baseline is None else baseline
+            effects = (m.reduce(run.per_prompt) - b).cpu()
+            values.append(effects[: len(nodes)])
+            if error_nodes:
+                error[i] = effects[len(nodes):]
+            passes += run.forward_passes
     return torch.cat(values), error, baseline, Cost(forward_passes=passes)
