@@ -67,6 +67,13 @@ def _peer_optimizer(params, num_steps: int):
         return opt, sched, f"SGD(nesterov, lr 0.1, momentum 0.9, wd 1e-3) by hand ({type(e).__name__}: {e})"
 
 
+def _version(md, name: str) -> str:
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return "not installed"
+
+
 def peer_main(args) -> None:
     """Train the package's lens on the batch file and score every lens on the held-out batches."""
     import importlib.metadata as md
@@ -142,7 +149,7 @@ def peer_main(args) -> None:
             n += int(mask.sum())
     res = {k: [float(x) / n for x in v] for k, v in sums.items()}
     res.update({"positions": n, "train_steps": n_train, "train_seconds": train_s, "recipe": recipe,
-                "package_version": md.version("tuned-lens"), "transformers": md.version("transformers"),
+                "package_version": _version(md, "tuned-lens"), "transformers": md.version("transformers"),
                 "torch": torch.__version__, "normalize_": hasattr(lens, "normalize_"), "translators": L})
     Path(args.out).write_text(json.dumps(res))
 

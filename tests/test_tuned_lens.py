@@ -136,3 +136,18 @@ def test_smollm2_tuned_lens_beats_the_logit_lens():
     L = model.n_layers
     assert depth.tuned_kl[:L].mean() < 0.5 * depth.logit_kl[:L].mean()
     assert depth.tuned_kl[L] < 1e-3
+
+
+def test_batches_are_deterministic_and_continuing_reads_new_ones(zoo_model):
+    from circuitlab.methods.tuned_lens import training_batches
+
+    model = zoo_model("gpt2-zoo")
+    cfg = TunedLensConfig(tokens=300, batch_docs=4)
+    first = list(training_batches(model, "zoo", cfg))
+    again = list(training_batches(model, "zoo", cfg))
+    later = list(training_batches(model, "zoo", cfg, start=1))
+    assert len(first) >= 2 and all(torch.equal(a[0], b[0]) for a, b in zip(first, again))
+    assert torch.equal(later[0][0], first[1][0]) and torch.equal(later[0][1], first[1][1])
+    toks, mask = first[0]
+    assert not mask[:, 0].any() and mask.sum(1).min() > 0
+    assert sum(int(m.sum()) for _, m in first) >= cfg.tokens

@@ -238,12 +238,14 @@ class TunedLens(nn.Module):
 # ------------------------------------------------------------------ batches
 
 
-def training_batches(model, data: str, cfg: TunedLensConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The (tokens, mask) batches training reads, in order, until ``cfg.tokens`` positions;
-    deterministic in the source and ``cfg.seed`` (another library can train on the same ones)."""
+def training_batches(model, data: str, cfg: TunedLensConfig, start: int = 0
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The (tokens, mask) batches training reads, in order from step ``start``, until
+    ``cfg.tokens`` positions; deterministic in the source and ``cfg.seed`` (another library can
+    train on the same ones)."""
     from circuitlab.data import documents, pad_documents
 
-    seen, step = 0, 0
+    seen, step = 0, start
     while seen < cfg.tokens:
         docs = documents(data, cfg.seed * 1_000_000 + step, cfg.batch_docs, cfg.ctx_len)
         toks, lengths = pad_documents(model.tokenizer, docs, cfg.ctx_len)
@@ -302,18 +304,21 @@ def train_tuned_lens(model, data: str = "zoo", cfg: Optional[TunedLensConfig] = 
     """Train (or continue training) a tuned lens on ``model``'s activations over source ``data``.
 
     Each step captures every row's residual for ``cfg.batch_docs`` documents, and for each row
-    takes a gradient of the mean KL(final || translated row) over the batch's positions; Adam
-    updates all translators. The model's weights are never changed (gradients are taken for
-    the translators only)."""
+    takes a gradient of the mean KL(final || translated row) over the batch's positions; the
+    optimiser (``cfg.optimizer``) then updates all translators. The model's weights are never
+    changed (gradients are taken for the translators only). Continuing a trained ``lens`` reads
+    the documents after those it was trained on (its ``stats['steps']``)."""
     from circuitlab.api import exclusive
     from circuitlab.data import check
 
     cfg = cfg or TunedLensConfig()
     cfg.check()
     check(data)
+    start = 0
     if lens is None:
         lens = TunedLens.for_model(model, cfg)
     else:
+        start = int(lens.stats.get("steps", 0))
         lens.check_model(model)
         lens.config = cfg
     lens.to(model.device)
@@ -327,7 +332,7 @@ def train_tuned_lens(model, data: str = "zoo", cfg: Optional[TunedLensConfig] = 
         bar = tqdm(total=cfg.tokens, unit="tok", desc="tuned lens", dynamic_ncols=True)
     seen, steps, recent = 0, 0, torch.zeros(L + 1, dtype=torch.float64)
     with exclusive(model):
-        for toks, mask in training_batches(model, data, cfg):
+        for toks, mask in training_batches(model, data, cfg, start):
             for g in opt.param_groups:
                 g["lr"] = _base_lr(cfg) * max(0.0, 1.0 - seen / cfg.tokens)
             resid = _residuals(model, toks, mask)
