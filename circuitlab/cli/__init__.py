@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from circuitlab.cli import (circuit, data, demo, eval, features, graph, lens, models, probe, snmf, supervised, sweep,
-                            train, zoo)
+from circuitlab.cli import (circuit, data, demo, eval, features, graph, lens, models, probe, relevance, snmf,
+                            supervised, sweep, train, value_scaling, zoo)
 from circuitlab.cli.checks import check_args
 
-COMMANDS = (demo, sweep, zoo, models, data, train, eval, circuit, graph, probe, snmf, features, supervised, lens)
+COMMANDS = (demo, sweep, zoo, models, data, train, eval, circuit, graph, probe, snmf, features, supervised, lens,
+            relevance, value_scaling)
 """Subcommand modules in ``--help`` order; each ``add_parser`` sets ``fn`` on its parser."""
 
 
