@@ -3,7 +3,9 @@
 Edge from source s to target t = (source vector of s) . (gradient at s's write site of t's
 pre-activation) in the linearised replacement model: feature (l, p, f): a_f * W_dec[f] . g;
 error (l, p): error vector . g; token p: embedding . g. One backward pass serves a batch of
-targets (the prompt repeated, one target per row). Logit targets first (top tokens up to
+targets (the prompt repeated, one target per row); the linearised forward is kept across
+batches of the same size, so a graph costs one forward per batch size (the logits, the full
+feature batches, the last one) and one backward per batch. Logit targets first (top tokens up to
 cumulative probability ``logit_prob``, at most ``max_logits``, demeaned unembedding), then
 features in order of their influence on the logits so far, up to ``max_feature_nodes``.
 """
@@ -18,7 +20,7 @@ import torch
 
 from circuitlab.graphs.graph import Graph
 from circuitlab.graphs.prune import normalize
-from circuitlab.graphs.replacement import CleanRun, Target, clean_run, frozen_run, read_gradients
+from circuitlab.graphs.replacement import CleanRun, GradientReader, Target, clean_run, frozen_run
 from circuitlab.graphs.transcoders import TranscoderSet, as_transcoders
 
 
@@ -30,7 +32,8 @@ class GraphConfig:
     """Feature targets visited (rows computed); None visits every active feature. Features not
     visited are merged into their error node."""
     batch_size: int = 32
-    """Targets per backward pass (rows of the repeated prompt)."""
+    """Targets per backward pass (rows of the repeated prompt). The linearised forward of this many
+    rows is kept between backward passes, so it also sets the memory held while building."""
     max_logits: int = 10
     """At most this many logit targets."""
     logit_prob: float = 0.95
@@ -66,8 +69,9 @@ class _Rows:
     choosing the next targets costs one matrix-vector product per graph layer, not a copy of
     every row so far: graphs of 30 layers x thousands of active features stay cheap."""
 
-    def __init__(self, model, tcs: TranscoderSet, clean: CleanRun, n_logits: int, max_features: Optional[int]):
-        self.model, self.tcs, self.clean = model, tcs, clean
+    def __init__(self, reader: GradientReader, n_logits: int, max_features: Optional[int]):
+        model, tcs, clean = reader.model, reader.transcoders, reader.clean
+        self.model, self.tcs, self.clean, self.reader = model, tcs, clean, reader
         L, T = model.n_layers, clean.tokens.shape[0]
         self.L, self.T = L, T
         feats, vals = [], []
@@ -86,7 +90,6 @@ class _Rows:
         self.n_rows = 0
         self.targets: list[Target] = []
         self.preacts: list[torch.Tensor] = []
-        self.passes = 0
         act = self.active.to(self.values.device)
         self.sources = []  # per layer: (active indices, positions, decoder rows times activations), fixed
         for l, tc in enumerate(tcs.layers):
@@ -100,8 +103,7 @@ class _Rows:
         return self.raw[: self.n_rows]
 
     def compute(self, targets: Sequence[Target]) -> None:
-        vals, g_embed, g_mlp = read_gradients(self.model, self.tcs, self.clean, targets)
-        self.passes += 1
+        vals, g_embed, g_mlp = self.reader(targets)
         R = len(targets)
         out = torch.zeros(R, self.n_src, device=g_embed.device)
         for l, (idx, p, dec) in enumerate(self.sources):
@@ -149,6 +151,8 @@ def attribute(model, transcoders, prompt: str | torch.Tensor, target=None,
     """The attribution graph of ``prompt`` (text or [T] tokens) for ``target`` (token text/id or a
     list of them; default: top tokens up to ``cfg.logit_prob``; default config ``GraphConfig()``)."""
     cfg = cfg or GraphConfig()
+    if cfg.batch_size < 1:
+        raise ValueError(f"GraphConfig.batch_size must be at least 1, got {cfg.batch_size}")
     t_start = time.perf_counter()
     tcs = as_transcoders(transcoders)
     tcs.check(model)
@@ -158,23 +162,26 @@ def attribute(model, transcoders, prompt: str | torch.Tensor, target=None,
         raise ValueError("empty prompt")
     clean = clean_run(model, tcs, tokens.to(model.device), exclude_bos=cfg.exclude_bos)
     ids, probs = logit_targets(model, clean, cfg, target)
-    rows = _Rows(model, tcs, clean, len(ids), cfg.max_feature_nodes)
-    logit_t = [Target("logit", token=i) for i in ids]
-    for s in range(0, len(logit_t), cfg.batch_size):
-        rows.compute(logit_t[s:s + cfg.batch_size])
-    cap = rows.cap
-    visited = torch.zeros(rows.n_active, dtype=torch.bool)
-    order: list[int] = []
-    while len(order) < cap:
-        infl = rows.feature_influence(probs.cpu().float())
-        infl[visited] = -1
-        n = min(cfg.batch_size, cap - len(order))
-        pick = torch.topk(infl, n).indices.tolist()
-        visited[pick] = True
-        order += pick
-        rows.compute([Target("feature", *(int(v) for v in rows.active[i])) for i in pick])
+    with GradientReader(model, tcs, clean) as reader:  # the kept forward is freed on leaving
+        rows = _Rows(reader, len(ids), cfg.max_feature_nodes)
+        logit_t = [Target("logit", token=i) for i in ids]
+        for s in range(0, len(logit_t), cfg.batch_size):
+            rows.compute(logit_t[s:s + cfg.batch_size])
+        cap = rows.cap
+        visited = torch.zeros(rows.n_active, dtype=torch.bool)
+        order: list[int] = []
+        while len(order) < cap:
+            infl = rows.feature_influence(probs.cpu().float())
+            infl[visited] = -1
+            n = min(cfg.batch_size, cap - len(order))
+            pick = torch.topk(infl, n).indices.tolist()
+            visited[pick] = True
+            order += pick
+            rows.compute([Target("feature", *(int(v) for v in rows.active[i])) for i in pick])
     graph = _assemble(model, tcs, clean, rows, sorted(order), ids, probs, prompt)
-    graph.meta.update(config=asdict(cfg), forward_passes=rows.passes + 2, backward_passes=rows.passes,
+    # clean run and bias run, plus the linearised forwards (one per batch size)
+    graph.meta.update(config=asdict(cfg), forward_passes=reader.forward_passes + 2,
+                      backward_passes=reader.backward_passes,
                       seconds=time.perf_counter() - t_start, n_active=rows.n_active)
     return graph
 

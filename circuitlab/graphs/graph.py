@@ -157,16 +157,17 @@ class Graph:
         keep = torch.as_tensor(sorted(set(int(k) for k in keep)), dtype=torch.long)
         if keep.numel() and (keep.min() < 0 or keep.max() >= self.n_features):
             raise ValueError(f"feature node indices must lie in [0, {self.n_features})")
-        drop = torch.tensor([i for i in range(self.n_features) if i not in set(keep.tolist())], dtype=torch.long)
-        A = self.adjacency
+        dropped = torch.ones(self.n_features, dtype=torch.bool)
+        dropped[keep] = False
+        drop = dropped.nonzero()[:, 0]
         rest = torch.arange(self.n_features, self.n_nodes)
         order = torch.cat([keep, rest])
-        B = A[order][:, order].clone()
-        nk = keep.numel()
-        for i in drop.tolist():
-            l, p, _, _ = self.feature_info(i)
-            e = nk + l * self.n_pos + p
-            B[:, e] += A[order, i]
+        A = self.adjacency[order]
+        B = A[:, order].clone()
+        lp = self.active_features[self.selected[drop]].long()
+        err = (keep.numel() + lp[:, 0] * self.n_pos + lp[:, 1]).tolist()  # each dropped feature's error column
+        for i, e in zip(drop.tolist(), err):  # in node order, one column at a time: the same sums on every device
+            B[:, e] += A[:, i]
         return Graph(prompt=self.prompt, tokens=self.tokens, token_strs=self.token_strs, n_layers=self.n_layers,
                      active_features=self.active_features, activations=self.activations, selected=self.selected[keep],
                      logit_tokens=self.logit_tokens, logit_strs=self.logit_strs, logit_probs=self.logit_probs,

@@ -3,9 +3,12 @@
 - ``clean_run``: one forward pass caching what the replacement model freezes (norm scales,
   attention patterns, MLP outputs), the transcoders' inputs, feature activations and error
   vectors (error = true MLP output - transcoder reconstruction, so forward values are exact).
-- ``read_gradients``: one backward pass for a batch of targets (one target per batch row) in
-  the linearised model: norm scales stop-gradient (RelP's LN rule), patterns detached, MLP
-  outputs constant leaves where the gradient is read (plus the skip connection's linear path).
+- ``LinearisedForward`` / ``GradientReader``: one backward pass for a batch of targets (one
+  target per batch row) in the linearised model: norm scales stop-gradient (RelP's LN rule),
+  patterns detached, MLP outputs constant leaves where the gradient is read (plus the skip
+  connection's linear path). The forward is kept across batches of the same size, so a graph
+  costs one linearised forward per batch size and one backward per batch (``read_gradients``:
+  a one-shot forward + backward).
 - ``frozen_run``: a forward pass of the same frozen model with changed sources (interventions)
   or with every source removed (bias contributions): the model is affine in its sources.
 Hooks are passed to the engine (``run_to_final``), which attaches and removes them.
@@ -168,55 +171,134 @@ def _read_values(model, transcoders: TranscoderSet, clean: CleanRun, reads: list
     return out
 
 
+class LinearisedForward:
+    """The linearised model's forward pass over ``rows`` copies of the prompt, kept for backward passes.
+
+    Why: the forward graph does not depend on the targets (they are read off its transcoder inputs
+    and final residual afterwards), so one forward serves every batch of ``rows`` targets; each
+    batch then costs one backward pass (``retain_graph``). The kept graph holds the activations of
+    one forward of ``rows`` copies, the same memory the one-shot pass needs; ``release`` frees it.
+    """
+
+    def __init__(self, model, transcoders: TranscoderSet, clean: CleanRun, rows: int):
+        if rows < 1:
+            raise ValueError(f"a linearised forward needs at least one row, got {rows}")
+        self.model, self.transcoders, self.clean, self.rows = model, transcoders, clean, rows
+        tokens = clean.tokens[None].expand(rows, -1)
+        leaves: dict = {}
+        reads: dict = {}
+
+        def leaf(name):
+            def fn(y):
+                z = y.detach().clone().requires_grad_(True)
+                leaves[name] = z
+                return z
+
+            return fn
+
+        def read(l):
+            def fn(x):
+                reads[l] = x
+
+            return fn
+
+        def write(l):
+            tc = transcoders[l]
+
+            def fn(y):
+                z = y.detach().clone().requires_grad_(True)
+                leaves[l] = z
+                if tc.W_skip is None:
+                    return z
+                s = tc.skip_output(reads[l].to(tc.W_skip.dtype)).to(z.dtype)
+                return z + (s - s.detach())  # the skip path stays linear and differentiable
+
+            return fn
+
+        hooks = [(hook_name("embed"), leaf("embed"))] + norm_rule_hooks(model)  # RelP's LN rule: scales stop-gradient
+        hooks += [(hook_name("pattern", l), lambda y: y.detach()) for l in range(model.n_layers)]
+        for l, tc in enumerate(transcoders.layers):
+            hooks += [(tc.hook_in, read(l)), (tc.hook_out, write(l))]
+        with torch.enable_grad():
+            self._resid: Optional[torch.Tensor] = run_to_final(model, tokens, hooks)
+        self._reads = [reads[l] for l in range(model.n_layers)]
+        self._sources = [leaves["embed"]] + [leaves[l] for l in range(model.n_layers)]
+
+    def gradients(self, targets: Sequence[Target], keep: bool = True):
+        """One backward pass for ``targets`` (one per row; exactly ``rows`` of them).
+
+        Returns (objective values [R] = target pre-activations, grad at hook_embed [R, T, d],
+        grads at each hook_mlp_out [L][R, T, d]). ``keep=False``: the forward is freed by this pass."""
+        if self._resid is None:
+            raise RuntimeError("this linearised forward was released: build a new one")
+        if len(targets) != self.rows:
+            raise ValueError(f"this forward has {self.rows} rows, got {len(targets)} targets: build a forward "
+                             "with one row per target")
+        with torch.enable_grad():
+            values = _read_values(self.model, self.transcoders, self.clean, self._reads, self._resid, targets,
+                                  rows=list(range(self.rows)))
+            grads = torch.autograd.grad(values.sum(), self._sources, allow_unused=True, retain_graph=keep)
+        grads = [torch.zeros_like(s) if g is None else g for s, g in zip(self._sources, grads)]
+        if not keep:
+            self.release()
+        return values.detach(), grads[0].float(), [g.float() for g in grads[1:]]
+
+    def release(self) -> None:
+        """Drop the kept graph (its activations are freed once nothing else holds them)."""
+        self._resid, self._reads, self._sources = None, [], []
+
+
+class GradientReader:
+    """Target gradients for batches of targets, keeping one linearised forward for the next batch.
+
+    A forward is kept per batch size, one at a time: a batch of a new size releases the kept
+    forward before building its own, so at most one forward of at most the largest batch is held.
+    A graph's batches come in runs of one size (the logits, the full feature batches, the last
+    one), so building it costs a linearised forward per run (three; four when the logits span
+    more than one batch) and one backward per batch. Use as a context manager (or call
+    ``release``) so the kept forward is freed at the end."""
+
+    def __init__(self, model, transcoders: TranscoderSet, clean: CleanRun):
+        self.model, self.transcoders, self.clean = model, transcoders, clean
+        self._run: Optional[LinearisedForward] = None
+        self.forward_passes = 0
+        """Linearised forwards run so far."""
+        self.backward_passes = 0
+        """Backward passes (batches) run so far."""
+
+    def __call__(self, targets: Sequence[Target]):
+        """(values [R], grad at hook_embed [R, T, d], grads at each hook_mlp_out [L][R, T, d])."""
+        R = len(targets)
+        if R < 1:
+            raise ValueError("no targets: pass at least one Target")
+        if self._run is None or self._run.rows != R:
+            self.release()  # before the new forward: never two kept at once
+            self._run = LinearisedForward(self.model, self.transcoders, self.clean, R)
+            self.forward_passes += 1
+        self.backward_passes += 1
+        return self._run.gradients(targets)
+
+    def release(self) -> None:
+        """Free the kept forward, if any."""
+        if self._run is not None:
+            self._run.release()
+            self._run = None
+
+    def __enter__(self) -> "GradientReader":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
+
+
 def read_gradients(model, transcoders: TranscoderSet, clean: CleanRun, targets: Sequence[Target]):
-    """One forward + backward over ``len(targets)`` copies of the prompt in the linearised model.
+    """One forward + backward over ``len(targets)`` copies of the prompt in the linearised model,
+    nothing kept (for many batches use :class:`GradientReader`).
 
     Returns (objective values [R] = target pre-activations, grad at hook_embed [R, T, d],
     grads at each hook_mlp_out [L][R, T, d])."""
-    R = len(targets)
-    tokens = clean.tokens[None].expand(R, -1)
-    leaves: dict = {}
-    reads: dict = {}
-
-    def leaf(name):
-        def fn(y):
-            z = y.detach().clone().requires_grad_(True)
-            leaves[name] = z
-            return z
-
-        return fn
-
-    def read(l):
-        def fn(x):
-            reads[l] = x
-
-        return fn
-
-    def write(l):
-        tc = transcoders[l]
-
-        def fn(y):
-            z = y.detach().clone().requires_grad_(True)
-            leaves[l] = z
-            if tc.W_skip is None:
-                return z
-            s = tc.skip_output(reads[l].to(tc.W_skip.dtype)).to(z.dtype)
-            return z + (s - s.detach())  # the skip path stays linear and differentiable
-
-        return fn
-
-    hooks = [(hook_name("embed"), leaf("embed"))] + norm_rule_hooks(model)  # RelP's LN rule: scales stop-gradient
-    hooks += [(hook_name("pattern", l), lambda y: y.detach()) for l in range(model.n_layers)]
-    for l, tc in enumerate(transcoders.layers):
-        hooks += [(tc.hook_in, read(l)), (tc.hook_out, write(l))]
-    with torch.enable_grad():
-        resid = run_to_final(model, tokens, hooks)
-        rd = [reads[l] for l in range(model.n_layers)]
-        values = _read_values(model, transcoders, clean, rd, resid, targets, rows=list(range(R)))
-        srcs = [leaves["embed"]] + [leaves[l] for l in range(model.n_layers)]
-        grads = torch.autograd.grad(values.sum(), srcs, allow_unused=True)
-    grads = [torch.zeros_like(s) if g is None else g for s, g in zip(srcs, grads)]
-    return values.detach(), grads[0].float(), [g.float() for g in grads[1:]]
+    return LinearisedForward(model, transcoders, clean, len(targets)).gradients(targets, keep=False)
 
 
 def frozen_run(model, transcoders: TranscoderSet, clean: CleanRun, targets: Sequence[Target],
