@@ -21,7 +21,7 @@ import torch
 from circuitlab.graphs.graph import Graph
 from circuitlab.graphs.prune import normalize
 from circuitlab.graphs.replacement import CleanRun, GradientReader, Target, clean_run, frozen_run
-from circuitlab.graphs.transcoders import TranscoderSet, as_transcoders
+from circuitlab.graphs.transcoders import as_transcoders
 
 
 @dataclass
