@@ -320,7 +320,8 @@ def run(a) -> dict:
                     "tokens": tokens.tolist(), "max_feature_nodes": a.max_feature_nodes, "batch_size": a.batch_size,
                     "threads": a.threads, "quick": a.quick, "circuit_tracer_backend": "nnsight",
                     "circuit_tracer": ct_meta["versions"], "transcoder_config": ct_meta["config"],
-                    "n_nodes": g.n_nodes}
+                    "n_nodes": g.n_nodes, "circuitlab_forward_passes": g.meta.get("forward_passes"),
+                    "circuitlab_backward_passes": g.meta.get("backward_passes")}
     res["machine"] = machine()
     return res
 
