@@ -185,7 +185,7 @@ def run(a) -> dict:
     import circuitlab as cl
     from safetensors.torch import save_file
 
-    from circuitlab.methods.tuned_lens import (TunedLensConfig, heldout_batches, lens_depth, train_tuned_lens,
+    from circuitlab.methods.tuned_lens import (TunedLens, TunedLensConfig, heldout_batches, lens_depth, train_tuned_lens,
                                                training_batches)
 
     torch.set_num_threads(a.threads)
@@ -197,18 +197,25 @@ def run(a) -> dict:
     model = cl.load(a.model, device=device)
     cfg = TunedLensConfig(tokens=a.tokens, ctx_len=a.ctx_len, batch_docs=a.batch_docs, seed=a.seed)
     cfg.check()
-    work = Path(tempfile.mkdtemp(prefix="cl-tuned-lens-"))
-    tensors = {}
-    for s, (t, m) in enumerate(training_batches(model, a.data, cfg)):
-        tensors[f"train_tokens_{s}"], tensors[f"train_mask_{s}"] = t, m
-    for s, (t, m) in enumerate(heldout_batches(model, a.data, a.eval_docs, a.ctx_len, a.batch_docs)):
-        tensors[f"eval_tokens_{s}"], tensors[f"eval_mask_{s}"] = t, m
-    save_file(tensors, str(work / "batches.safetensors"))
-
-    t0 = time.time()
-    lens = train_tuned_lens(model, a.data, cfg, progress=True)
-    ours_s = time.time() - t0
-    lens.save(work / "circuitlab_lens")
+    work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="cl-tuned-lens-"))
+    work.mkdir(parents=True, exist_ok=True)
+    ours_s = None
+    if (work / "batches.safetensors").exists() and (work / "circuitlab_lens" / "lens.json").exists():
+        print(f"reusing the batches and circuitlab's lens in {work}")
+        lens = TunedLens.load(work / "circuitlab_lens", model)
+        if lens.config != cfg:
+            raise SystemExit(f"{work} holds a lens trained with {lens.config}, not {cfg}; use another --workdir")
+    else:
+        tensors = {}
+        for s, (t, m) in enumerate(training_batches(model, a.data, cfg)):
+            tensors[f"train_tokens_{s}"], tensors[f"train_mask_{s}"] = t, m
+        for s, (t, m) in enumerate(heldout_batches(model, a.data, a.eval_docs, a.ctx_len, a.batch_docs)):
+            tensors[f"eval_tokens_{s}"], tensors[f"eval_mask_{s}"] = t, m
+        save_file(tensors, str(work / "batches.safetensors"))
+        t0 = time.time()
+        lens = train_tuned_lens(model, a.data, cfg, progress=True)
+        ours_s = time.time() - t0
+        lens.save(work / "circuitlab_lens")
     depth = lens_depth(model, lens, a.data, n_docs=a.eval_docs, ctx_len=a.ctx_len, batch_docs=a.batch_docs)
     del model
 
@@ -267,6 +274,8 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="2048 tokens, 16 held-out documents: checks it runs")
     p.add_argument("--peer-python", default=str(PEER_PYTHON))
     p.add_argument("--out", default=None)
+    p.add_argument("--workdir", default=None,
+                   help="folder for the batches and circuitlab's lens; reused when it already holds them")
     # the package's side (run by this script under --peer-python)
     p.add_argument("--peer-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model-folder", help=argparse.SUPPRESS)
