@@ -102,3 +102,31 @@ def test_tour_runs(tmp_path, monkeypatch):
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["curve"].smallest is not None and scope["exact"].top(1)[0][0] == "L0.H1@END"
+
+
+def test_real_model_graph_figures_come_from_results():
+    """The real-model graph section quotes its results files (benchmarks/graphs.py, the
+    circuit-tracer comparison and the coders' set evaluation)."""
+    sec = _section("Attribution graphs on a real model")
+    g = _results("graphs_smollm2-135m.json")["summary"]
+    full, pruned = g["scores"]["full"], g["scores"]["pruned"]
+    coh = g["coherence"]
+    probe, cos, li = coh["probe prompting"], coh["cosine clustering"], coh["layer+influence clustering"]
+    v = _results("graphs_smollm2-135m.json")["verify"]
+    ct = _results("circuit_tracer_smollm2.json")
+    ev = _results("smollm2-135m_coders_eval.json")["replacement"]
+    figures = [f"completeness {full['completeness']:.3f}, replacement {full['replacement']:.3f}",
+               f"{pruned['completeness']:.3f}, {pruned['replacement']:.3f}",
+               f"{round(pruned['n_features'])} features",
+               f"{v['edges']:,} edges in {v['graphs']} graphs", f"{v['max_relative_error']:.1e}".replace("e-0", "e-"),
+               f"peak-token consistency {probe['peak_consistency']:.3f} vs cosine {cos['peak_consistency']:.3f} "
+               f"({cos['peak_ratio_probe_over_this']:.2f}x)",
+               f"layer+influence {li['peak_consistency']:.3f} ({li['peak_ratio_probe_over_this']:.2f}x)",
+               f"activation similarity {probe['activation_similarity']:.3f} vs {cos['activation_similarity']:.3f} "
+               f"({cos['similarity_ratio_probe_over_this']:.2f}x)",
+               f"{ct['nodes']['common']:,} active features",
+               f"{ct['time']['circuitlab_s']:.1f} s against {ct['time']['circuit_tracer_s']:.1f} s",
+               f"**{ct['time']['circuit_tracer_over_circuitlab']:.2f}x**", f"{ev['ce_recovered']:.3f} of the CE loss"]
+    for figure in figures:
+        assert figure in sec, f"the real-model graph section should quote {figure!r} (from its results file)"
+    assert ct["nodes"]["same_set"] and ct["edges"]["by_source"]["feature"]["max_rel"] < 1e-6
