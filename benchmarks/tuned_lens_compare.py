@@ -185,8 +185,8 @@ def run(a) -> dict:
     import circuitlab as cl
     from safetensors.torch import save_file
 
-    from circuitlab.methods.tuned_lens import (TunedLens, TunedLensConfig, heldout_batches, lens_depth, train_tuned_lens,
-                                               training_batches)
+    from circuitlab.methods.tuned_lens import (TunedLens, TunedLensConfig, heldout_batches, lens_depth,
+                                               train_tuned_lens, training_batches)
 
     torch.set_num_threads(a.threads)
     peer = Path(a.peer_python)

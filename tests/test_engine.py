@@ -120,7 +120,7 @@ def test_transcoder_at_last_mlp_with_read_positions(tiny_model, ioi_pairs, arch)
     """A transcoder spliced at the last block's MLP reads the residual stream before the MLP at
     every position and writes the MLP's output: with the MLP run at the read positions only,
     forward passes and latent patches give the values of the all-positions path."""
-    from circuitlab.engine.forward import final_logits, metric_per_prompt
+    from circuitlab.engine.forward import metric_per_prompt
     from circuitlab.sparse.base import config_class, make_coder
     from circuitlab.sparse.splice import splice
 

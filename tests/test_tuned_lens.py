@@ -129,7 +129,8 @@ def test_smollm2_tuned_lens_beats_the_logit_lens():
 
     model = cl.load("smollm2-135m")
     lens = TunedLens.for_model(model)
-    a, b = logit_lens_topk(model, "The capital of France is", k=5), tuned_lens_topk(model, lens, "The capital of France is", k=5)
+    prompt = "The capital of France is"
+    a, b = logit_lens_topk(model, prompt, k=5), tuned_lens_topk(model, lens, prompt, k=5)
     assert torch.equal(a.kl, b.kl)
     lens = train_tuned_lens(model, "corpus:english", TunedLensConfig(tokens=200_000, ctx_len=128))
     depth = lens_depth(model, lens, "corpus:english", n_docs=64, ctx_len=128)

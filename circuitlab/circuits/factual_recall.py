@@ -135,8 +135,8 @@ class FactualRecallStudy:
         doc = json.dumps(self.to_dict(), indent=1)
         atomic_write(js, lambda t: Path(t).write_text(doc))
         report = Report(f"Factual recall vs in-context answer: {self.model}")
-        report.add("Value scaling", f"{self.n_prompts} prompts of {self.task}, e.g. {self.example!r}. The value vectors "
-                   "of the heads below are multiplied by each scale; the curve shows how often the model's top "
+        report.add("Value scaling", f"{self.n_prompts} prompts of {self.task}, e.g. {self.example!r}. The value "
+                   "vectors of the heads below are multiplied by each scale; the curve shows how often the model's top "
                    "next token is the in-context (counterfactual) answer and the memorised one.", self.figure(),
                    [["scale", "in-context top-1", "memorised top-1", "prefers in-context", "mean logit diff"]]
                    + [[r.scale, r.context_rate, r.memorised_rate, r.prefers_context, r.logit_diff] for r in self.rows])

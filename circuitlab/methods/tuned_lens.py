@@ -354,7 +354,8 @@ def train_tuned_lens(model, data: str = "zoo", cfg: Optional[TunedLensConfig] = 
             if cfg.optimizer == "sgd":  # decay toward the identity (the logit lens), then clip as the paper
                 with torch.no_grad():
                     for r in range(L + 1):
-                        grads[r] += cfg.weight_decay * (lens.weight[r] - torch.eye(lens.d_model, device=grads[r].device))
+                        eye = torch.eye(lens.d_model, device=grads[r].device)
+                        grads[r] += cfg.weight_decay * (lens.weight[r] - eye)
                         grads[L + 1 + r] += cfg.weight_decay * lens.bias[r]
             for p, g in zip(params, grads):
                 p.grad = g
