@@ -128,6 +128,15 @@ def clean_run(model, transcoders: TranscoderSet, tokens: torch.Tensor, exclude_b
                     logits=logits)
 
 
+def _recorder(store: dict, key):
+    """A read-only hook that keeps its input under ``key`` (the transcoder's input, which the
+    skip path of its write hook needs)."""
+    def fn(x):
+        store[key] = x
+
+    return fn
+
+
 def _read_values(model, transcoders: TranscoderSet, clean: CleanRun, reads: list, resid: torch.Tensor,
                  targets: Sequence[Target], rows: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Target pre-activations from a run's reads (per layer [R, T, d_in]) and final residual.
@@ -196,12 +205,6 @@ class LinearisedForward:
 
             return fn
 
-        def read(l):
-            def fn(x):
-                reads[l] = x
-
-            return fn
-
         def write(l):
             tc = transcoders[l]
 
@@ -218,7 +221,7 @@ class LinearisedForward:
         hooks = [(hook_name("embed"), leaf("embed"))] + norm_rule_hooks(model)  # RelP's LN rule: scales stop-gradient
         hooks += [(hook_name("pattern", l), lambda y: y.detach()) for l in range(model.n_layers)]
         for l, tc in enumerate(transcoders.layers):
-            hooks += [(tc.hook_in, read(l)), (tc.hook_out, write(l))]
+            hooks += [(tc.hook_in, _recorder(reads, l)), (tc.hook_out, write(l))]
         with torch.enable_grad():
             self._resid: Optional[torch.Tensor] = run_to_final(model, tokens, hooks)
         self._reads = [reads[l] for l in range(model.n_layers)]
@@ -323,12 +326,6 @@ def frozen_run(model, transcoders: TranscoderSet, clean: CleanRun, targets: Sequ
     def set_embed(y):
         return embed.to(device=y.device, dtype=y.dtype).expand_as(y)
 
-    def read(l):
-        def fn(x):
-            reads[l] = x
-
-        return fn
-
     def write(l):
         tc = transcoders[l]
         const = tc.b_dec if bias_only else clean.mlp_out[l] - tc.skip_output(clean.reads[l])
@@ -344,7 +341,7 @@ def frozen_run(model, transcoders: TranscoderSet, clean: CleanRun, targets: Sequ
     hooks = [(hook_name("embed"), set_embed)] + frozen_norm_hooks(model, clean.scales)
     hooks += frozen_pattern_hooks(clean.patterns)
     for l, tc in enumerate(transcoders.layers):
-        hooks += [(tc.hook_in, read(l)), (tc.hook_out, write(l))]
+        hooks += [(tc.hook_in, _recorder(reads, l)), (tc.hook_out, write(l))]
     with torch.no_grad():
         resid = run_to_final(model, tokens, hooks).float()
         rd = [reads[l].float() for l in range(model.n_layers)]
