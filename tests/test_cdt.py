@@ -21,7 +21,7 @@ from circuitlab.engine.forward import metric_per_prompt
 from circuitlab.engine.sites import hook_name
 from circuitlab.methods.cdt import Rules, decompose
 from circuitlab.methods.registry import EDGE_METHODS, NODE_METHODS
-from tiny import VOCAB, write_tokenizer
+from tiny import save_linear_gpt2
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -113,24 +113,7 @@ def test_everything_relevant_is_the_whole_output(ioi, name):
 def linear_model(tmp_path_factory):
     """GPT-2 made linear: identity MLP activation, constant (uniform causal) attention, and
     LayerNorm whose epsilon dwarfs the variance (gains x100 keep activations at their size)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    d = tmp_path_factory.mktemp("cdt_linear")
-    torch.manual_seed(1)
-    cfg = GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, activation_function="linear",
-                     layer_norm_epsilon=1e4, bos_token_id=0, eos_token_id=0)
-    m = GPT2LMHeadModel(cfg)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() >= 2:
-                p.mul_(3.0)
-        for blk in m.transformer.h:
-            blk.attn.c_attn.weight[:, : 2 * 32] = 0
-            blk.attn.c_attn.bias[: 2 * 32] = 0
-        for ln in [m.transformer.ln_f] + [b.ln_1 for b in m.transformer.h] + [b.ln_2 for b in m.transformer.h]:
-            ln.weight.mul_(100.0)
-    m.save_pretrained(d)
-    write_tokenizer(d)
+    d = save_linear_gpt2(tmp_path_factory.mktemp("cdt_linear"), weight_scale=3.0)
     return cl.load(str(d), device="cpu", dtype=torch.float64)
 
 

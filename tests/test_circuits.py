@@ -7,7 +7,7 @@ import circuitlab as cl
 from circuitlab import circuits as cc
 from circuitlab.circuits.graph import component_graph
 from circuitlab.engine.forward import metric_per_prompt
-from tiny import VOCAB, write_tokenizer
+from tiny import save_linear_gpt2
 
 
 def same_task(model, pairs):
@@ -40,24 +40,7 @@ def test_graph_is_gqa_aware_and_respects_order(tiny_model):
 def linear_model(tmp_path_factory):
     """GPT-2 made linear (see tests/test_estimators.py): identity MLP activation, constant
     attention, LayerNorm epsilon 1e4 with gains x100; weights x3 so effects are not tiny."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    d = tmp_path_factory.mktemp("linear_edges")
-    torch.manual_seed(1)
-    cfg = GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, activation_function="linear",
-                     layer_norm_epsilon=1e4, bos_token_id=0, eos_token_id=0)
-    m = GPT2LMHeadModel(cfg)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() >= 2:
-                p.mul_(3.0)
-        for blk in m.transformer.h:
-            blk.attn.c_attn.weight[:, : 2 * 32] = 0
-            blk.attn.c_attn.bias[: 2 * 32] = 0
-        for ln in [m.transformer.ln_f] + [b.ln_1 for b in m.transformer.h] + [b.ln_2 for b in m.transformer.h]:
-            ln.weight.mul_(100.0)
-    m.save_pretrained(d)
-    write_tokenizer(d)
+    d = save_linear_gpt2(tmp_path_factory.mktemp("linear_edges"), weight_scale=3.0)
     return cl.load(str(d), device="cpu", dtype=torch.float64)
 
 

@@ -8,7 +8,7 @@ from circuitlab.engine.forward import metric_per_prompt, run_to_final
 from circuitlab.engine.gradients import GradGates, forward_for_grads
 from circuitlab.methods import qk_fix
 from circuitlab.methods.relp_rules import relp_hooks
-from tiny import write_tokenizer
+from tiny import save_linear_gpt2, write_tokenizer
 
 
 def same_task(model, pairs):
@@ -27,23 +27,7 @@ def linear_model(tmp_path_factory):
     """GPT-2 made linear: identity MLP activation, constant attention patterns (no q/k
     weights), and LayerNorm whose epsilon dwarfs the variance (a constant scale; the gain is
     raised by sqrt(eps) to keep activations at their usual size)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from tiny import VOCAB
-
-    d = tmp_path_factory.mktemp("linear")
-    torch.manual_seed(1)
-    cfg = GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, activation_function="linear",
-                     layer_norm_epsilon=1e4, bos_token_id=0, eos_token_id=0)
-    m = GPT2LMHeadModel(cfg)
-    with torch.no_grad():
-        for blk in m.transformer.h:
-            blk.attn.c_attn.weight[:, : 2 * 32] = 0
-            blk.attn.c_attn.bias[: 2 * 32] = 0
-        for ln in [m.transformer.ln_f] + [b.ln_1 for b in m.transformer.h] + [b.ln_2 for b in m.transformer.h]:
-            ln.weight.mul_(100.0)
-    m.save_pretrained(d)
-    write_tokenizer(d)
+    d = save_linear_gpt2(tmp_path_factory.mktemp("linear"))
     return cl.load(str(d), device="cpu", dtype=torch.float64)  # float64: differences exact to 1e-12
 
 

@@ -93,3 +93,30 @@ IOI_PAIRS = [
         "roles": {"IO": 2, "S1": 4, "S2": 11},
     },
 ]
+
+
+def save_linear_gpt2(folder: Path, weight_scale: float = 1.0, seed: int = 1) -> Path:
+    """A 2-layer GPT-2 made linear: identity MLP activation, constant (uniform causal) attention
+    (query/key weights zero) and LayerNorm whose epsilon (1e4) dwarfs the variance, gains x100 to
+    keep activations at their usual size. Matrices are multiplied by ``weight_scale`` so that
+    effects are not tiny. Estimators and decompositions are exact on it."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, activation_function="linear",
+                     layer_norm_epsilon=1e4, bos_token_id=0, eos_token_id=0)
+    m = GPT2LMHeadModel(cfg)
+    with torch.no_grad():
+        if weight_scale != 1.0:
+            for p in m.parameters():
+                if p.dim() >= 2:
+                    p.mul_(weight_scale)
+        for blk in m.transformer.h:
+            blk.attn.c_attn.weight[:, : 2 * 32] = 0
+            blk.attn.c_attn.bias[: 2 * 32] = 0
+        for ln in [m.transformer.ln_f] + [b.ln_1 for b in m.transformer.h] + [b.ln_2 for b in m.transformer.h]:
+            ln.weight.mul_(100.0)
+    m.save_pretrained(folder)
+    write_tokenizer(folder)
+    return folder
