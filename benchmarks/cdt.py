@@ -11,7 +11,7 @@ On one model and task (default: gpt2-zoo, bundled IOI), in the same direction (d
 * wall time of every run, with the machine it ran on.
 
     python benchmarks/cdt.py                          # gpt2-zoo, 32 prompts
-    python benchmarks/cdt.py --model smollm2-135m     # after `circuitlab models fetch smollm2-135m`
+    python benchmarks/cdt.py --model smollm2-135m --n 8 --sites heads_all,mlp_out --max-exact-edges 600
     python benchmarks/cdt.py --quick --out /tmp/cdt.json   # 4 prompts, heads, 60 edges: checks it runs
 
 Writes benchmarks/results/cdt_<model>.json (or --out) and prints a markdown table. Wall times are
@@ -120,6 +120,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-exact-edges", type=int, default=1500,
                     help="exact-patch every edge up to this many, else the top and random edges (this many)")
+    ap.add_argument("--sites", default=",".join(NODE_SITES),
+                    help="node sites, comma-separated (default all three; CD-T's per-position walks grow with "
+                         "layers x positions x heads, so on a 30-layer model 'heads' alone takes about an hour)")
     ap.add_argument("--quick", action="store_true", help="4 prompts, heads over all positions, 60 exact edges")
     ap.add_argument("--out", default=None, help="JSON file (default benchmarks/results/cdt_<model>.json)")
     a = ap.parse_args(argv)
@@ -132,10 +135,10 @@ def main(argv=None) -> int:
     task = cl.tasks.bundled(model, a.task, n=n)
     t0 = time.perf_counter()
     print(f"{a.model}, {a.task}, {n} prompts", flush=True)
-    rows = nodes(model, task, ("heads_all",) if a.quick else NODE_SITES)
+    rows = nodes(model, task, ("heads_all",) if a.quick else tuple(a.sites.split(",")))
     rows += edges(model, task, 60 if a.quick else a.max_exact_edges)
     dev = model.device
-    res = {"model": a.model, "task": a.task, "prompts": n, "quick": a.quick, "rows": rows,
+    res = {"model": a.model, "task": a.task, "prompts": n, "quick": a.quick, "sites": a.sites, "rows": rows,
            "seconds_total": time.perf_counter() - t0, "device": str(dev),
            "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
            "cpu": platform.processor() or platform.machine(), "threads": a.threads, "torch": torch.__version__}
