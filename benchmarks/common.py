@@ -37,19 +37,19 @@ def gpt2_small_random(folder: Path | None = None, layers: int = 12, d_model: int
     return folder
 
 
-def random_task(model, n_prompts: int = 8, n_tokens: int = 16, seed: int = 0):
+def random_task(model, n_prompts: int = 8, n_tokens: int = 16, seed: int = 0, vocab: int = 1000):
     """Clean/corrupt prompts of random tokens that differ in two positions; logit-diff metric."""
     from circuitlab.tasks import metrics as M
     from circuitlab.tasks.task import Task
 
     g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(1, 1000, (n_prompts, n_tokens), generator=g)
+    clean = torch.randint(1, vocab, (n_prompts, n_tokens), generator=g)
     clean[:, 0] = 0
     corrupt = clean.clone()
-    corrupt[:, 3] = torch.randint(1, 1000, (n_prompts,), generator=g)
-    corrupt[:, n_tokens - 4] = torch.randint(1, 1000, (n_prompts,), generator=g)
+    corrupt[:, 3] = torch.randint(1, vocab, (n_prompts,), generator=g)
+    corrupt[:, n_tokens - 4] = torch.randint(1, vocab, (n_prompts,), generator=g)
     lengths = torch.full((n_prompts,), n_tokens)
-    ans = torch.randint(1, 1000, (n_prompts,), generator=g)
-    wrong = torch.randint(1, 1000, (n_prompts,), generator=g)
+    ans = torch.randint(1, vocab, (n_prompts,), generator=g)
+    wrong = torch.randint(1, vocab, (n_prompts,), generator=g)
     metric = M.logit_diff(lengths - 1, ans, wrong)
     return Task(clean, corrupt, lengths, ans, wrong, metric, {"END": lengths - 1}, [], "random").to(model.device)

@@ -101,6 +101,31 @@ def test_graddrop_with_open_gates_equals_atp(gpt2, ioi_pairs):
     assert not torch.allclose(dropped["blocks.0.hook_resid_pre"], plain["blocks.0.hook_resid_pre"])
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
+def test_graddrop_from_residual_gradients_equals_gated_backward_passes(tiny_model, ioi_pairs, arch, monkeypatch):
+    """GradDrop's rank score computed from the residual stream's gradients (one backward pass per
+    layer, starting at that layer) equals the brute force: one full backward pass per layer with
+    that layer's attention and MLP outputs gated to zero."""
+    from circuitlab.methods import atp_star
+
+    model = tiny_model(arch)
+    task = cl.tasks.from_pairs(model, ioi_pairs)
+    families = ["resid_pre", "attn_out", "mlp_out", "heads", "k", "q_all", "neurons"]
+    at = {"positions": ["END", "S2"]}
+    calls = []
+    dropped = atp_star._dropped_grads
+    monkeypatch.setattr(atp_star, "_dropped_grads", lambda *a: calls.append(a[3]) or dropped(*a))
+    fast = cl.patch(model, task, families, method="atp*", **at)
+    assert calls == list(range(model.n_layers))  # the residual-gradient path ran, once per layer
+    monkeypatch.setattr(atp_star, "_places", lambda model: {})  # no known places: every layer gated
+    gated = cl.patch(model, task, families, method="atp*", **at)
+    for fam in families:
+        torch.testing.assert_close(fast[fam].values, gated[fam].values, atol=1e-6, rtol=1e-5)
+        ref = gated[fam].extras["rank_score"]
+        assert ref.abs().max() > 0, fam
+        torch.testing.assert_close(fast[fam].extras["rank_score"], ref, atol=1e-6 * float(ref.abs().max()), rtol=1e-4)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_atp_star_families_sharing_one_pass_equal_separate_calls(tiny_model, ioi_pairs, arch):
     model = tiny_model(arch)

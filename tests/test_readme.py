@@ -35,19 +35,28 @@ def _sparse(d_in: int, steps: int) -> tuple[dict, dict, dict]:
 
 def _expected() -> dict[str, list[str]]:
     """Headline row (its first words) -> the figures it must quote, formatted from the results files."""
-    ex = _results("exact_patching_quick.json")
-    resid, heads = ex["resid_pre [layer, pos]"], ex["heads by pos [layer, pos, head]"]
+    pp = _results("patching_peers.json")["models"]
+    sm, g2 = pp["smollm2-135m"]["sweeps"], pp["gpt2-small-random"]["sweeps"]
     eap = _results("circuits_gpt2zoo.json")["timing"]
     rows = _results("faithfulness_smollm2.json")["rows"]
     q = {r["method"]: r for r in rows if (r["task"], r["sites"]) == ("ioi", "q")}
     graph = _results("graphs_gpt2zoo.json")["summary"]["scores"]["full"]
     (c768, sp768, sl768), (c128, sp128, sl128) = _sparse(768, 40), _sparse(128, 200)
     return {
-        "exact patching, resid_pre": [f"{resid['circuitlab_s']:.1f} s", f"{resid['transformer_lens_s']:.1f} s",
-                                      f"**{resid['speedup']:.1f}x**",
-                                      f"{resid['max_abs_diff']:.0e}".replace("e-0", "e-")],
-        "exact patching, heads": [f"{heads['circuitlab_s']:.1f} s", f"{heads['transformer_lens_s']:.1f} s",
-                                  f"**{heads['speedup']:.1f}x**"],
+        "exact patching, SmolLM2-135M": [
+            f"{sm['heads_all']['circuitlab_s']:.1f} s / {sm['resid_pre']['circuitlab_s']:.1f} s",
+            f"TransformerLens 4.3 `patching` {sm['heads_all']['transformer_lens_s']:.1f} s / "
+            f"{sm['resid_pre']['transformer_lens_s']:.1f} s",
+            f"nnsight 0.8.1 {sm['heads_all']['nnsight_s']:.1f} s / {sm['resid_pre']['nnsight_s']:.1f} s",
+            f"**{sm['heads_all']['vs_transformer_lens']:.1f}x / {sm['resid_pre']['vs_transformer_lens']:.1f}x** "
+            f"TransformerLens, **{sm['heads_all']['vs_nnsight']:.1f}x / {sm['resid_pre']['vs_nnsight']:.1f}x** nnsight",
+            f"{sm['heads_all']['circuitlab_fraction_of_peak']:.0%} / {sm['resid_pre']['circuitlab_fraction_of_peak']:.0%}"],
+        "same, GPT-2-small-shaped": [
+            f"{g2['heads']['circuitlab_s']:.1f} s / {g2['resid_pre']['circuitlab_s']:.1f} s",
+            f"{g2['heads']['transformer_lens_s']:.1f} s / {g2['resid_pre']['transformer_lens_s']:.1f} s",
+            f"{g2['heads']['nnsight_s']:.1f} s / {g2['resid_pre']['nnsight_s']:.1f} s",
+            f"**{g2['heads']['vs_transformer_lens']:.1f}x / {g2['resid_pre']['vs_transformer_lens']:.1f}x**",
+            f"**{g2['heads']['vs_nnsight']:.1f}x / {g2['resid_pre']['vs_nnsight']:.1f}x**"],
         "all-edge attribution": [f"{eap['circuitlab_eap_s']:.2f} s", f"{eap['transformer_lens_s']:.2f} s",
                                  f"**{eap['speedup']:.1f}x**"],
         "AtP\\* against exact patching": [f"Pearson {q['atp*']['pearson']:.3f}, recall@10 {q['atp*']['recall@10']:.1f}",

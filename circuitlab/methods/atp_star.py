@@ -3,8 +3,12 @@
 - Values: signed AtP estimates, with query/key nodes computed by the QK fix (qk_fix.py).
 - ``extras['rank_score']``: GradDrop's unsigned score c_GD(n) = 1/(L-1) sum_l |I_l(n)|, where
   I_l is the estimate with the gradient through layer l's residual contribution (attention and
-  MLP outputs of block l) set to zero: one forward pass, L backward passes. Use it to decide
-  what to verify first.
+  MLP outputs of block l) set to zero. Use it to decide what to verify first. It costs one
+  backward pass per layer, each starting at that layer rather than at the output (about L/2
+  full backward passes in all): cutting both branches of block l leaves the gradient entering
+  the block equal to the one leaving it, so each point below loses exactly the backward image of
+  their difference. Nodes whose place relative to the cut is not known (spliced latents, norm
+  internals, resid_mid) fall back to L full backward passes with gates.
 - ``verify(...)``: exact patching of the top-ranked nodes, then random-subset patching of the
   rest to bound the largest effect the ranking may have missed.
 """
@@ -33,8 +37,8 @@ class AtPStarOptions(NodeOptions):
     """Options of AtP*."""
 
     graddrop: bool = True
-    """Compute GradDrop's ranking score (``extras['rank_score']``, L more backward passes);
-    without it AtP* costs what AtP costs."""
+    """Compute GradDrop's ranking score (``extras['rank_score']``, one more backward pass per
+    layer, each from that layer down); without it AtP* costs what AtP costs."""
 
 
 def _scores(model, grid, acts, grads, source, all_pos: bool) -> dict[str, torch.Tensor]:
@@ -68,11 +72,67 @@ def _hooks_needed(model, grid) -> tuple[list[str], list[str]]:
     return names, names
 
 
+_ABOVE_GATES = {"mlp_out", "resid_post"}
+"""Block points whose gradient a gate at their own block leaves alone (the gate sits upstream)."""
+_SKIP_ONLY = {"resid_pre", "attn_out"}
+"""Block points that, with their block's gates shut, get only the skip connection's gradient
+(the attention output is downstream of its own gate but upstream of the MLP's)."""
+_INSIDE = {"heads", "q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "attn_in", "mlp_in", "mlp_pre",
+           "mlp_pre_linear", "neurons"}
+"""Block points every path from which to the output crosses a gate of their own block."""
+
+
+def _places(model) -> dict[str, tuple[int, str]]:
+    """(layer, point) of every hook whose position relative to GradDrop's gates is known;
+    anything else (spliced latents, norm internals, resid_mid, whose hook does not sit on the
+    skip connection in every bridge) GradDrop handles with gates."""
+    from circuitlab.engine.sites import HOOKS
+
+    out = {HOOKS["embed"]: (-1, "embed"), HOOKS["pos_embed"]: (-1, "embed")}
+    for point in _ABOVE_GATES | _SKIP_ONLY | _INSIDE:
+        for layer in range(model.n_layers):
+            out[hook_name(point, layer)] = (layer, point)
+    return out
+
+
+def _dropped_grads(model, run, grads: dict[str, torch.Tensor], l: int, names: Sequence[str],
+                   places: dict[str, tuple[int, str]]) -> dict[str, torch.Tensor]:
+    """The gradients at ``names`` with the gradient through block ``l``'s attention and MLP
+    outputs set to zero, from the full backward pass's gradients and one backward pass that
+    starts at block l (not at the output).
+
+    With both of block l's branches cut, the gradient entering block l's residual input is the
+    one leaving its output, so each point below block l loses exactly the vector-Jacobian product
+    of d = g(resid_pre_l) - g(resid_post_l) from resid_pre_l; points inside block l lose all of
+    their gradient or keep only the skip connection's; points above keep theirs."""
+    post = grads[hook_name("resid_post", l) if l == model.n_layers - 1 else hook_name("resid_pre", l + 1)]
+    pre = hook_name("resid_pre", l)
+    out = dict(grads)
+    below = []
+    for n in names:
+        layer, point = places[n]
+        if layer < l:
+            below.append(n)
+        elif layer == l and point in _SKIP_ONLY:
+            out[n] = post.clone()
+        elif layer == l and point in _INSIDE:
+            out[n] = torch.zeros_like(grads[n])
+    below = [n for n in dict.fromkeys(below) if n != pre]
+    if below:
+        d = grads[pre] - post
+        vjp = torch.autograd.grad(run.acts[pre], [run.acts[n] for n in below], grad_outputs=d,
+                                  retain_graph=True, allow_unused=True)
+        for n, v in zip(below, vjp):
+            if v is not None:
+                out[n] = grads[n] - v.detach()
+    return out
+
+
 def atp_star_sites(model, task, sites: Sequence[str], direction: str = "denoising",
                    positions: Optional[Sequence[int | str]] = None, layers: Optional[Sequence[int]] = None,
                    graddrop: bool = True) -> dict[str, Result]:
     """AtP* over several site families from ONE source capture, one forward and one backward
-    pass (plus GradDrop's L backward passes): the estimate of a whole node set costs what one
+    pass (plus GradDrop's per-layer backward passes): the estimate of a whole node set costs what one
     family costs. Each family's Result reports the shared cost; ``meta['shared_pass']`` lists
     the families that shared it."""
     t0 = time.perf_counter()
@@ -85,23 +145,34 @@ def atp_star_sites(model, task, sites: Sequence[str], direction: str = "denoisin
     value_names = list(dict.fromkeys(h for s in sites for h in needed[s][1]))
     source = capture(model, src, value_names)
     gates = GradGates()
-    gate_names = [hook_name(s, l) for l in range(model.n_layers) for s in ("attn_out", "mlp_out")]
-    run = forward_for_grads(model, base, task.metric, list(dict.fromkeys(grad_names + value_names)),
-                            gates.hooks(gate_names) if graddrop else ())
+    places = _places(model)
+    fast = graddrop and all(h in places for h in grad_names)
+    if fast:  # GradDrop from the residual stream's gradients: no gates, shorter backward passes
+        resid = [hook_name("resid_pre", l) for l in range(model.n_layers)] + [hook_name("resid_post", model.n_layers - 1)]
+        run = forward_for_grads(model, base, task.metric, list(dict.fromkeys(grad_names + value_names + resid)))
+    else:
+        gate_names = [hook_name(s, l) for l in range(model.n_layers) for s in ("attn_out", "mlp_out")]
+        run = forward_for_grads(model, base, task.metric, list(dict.fromkeys(grad_names + value_names)),
+                                gates.hooks(gate_names) if graddrop else ())
     acts = run.acts
 
     def estimates(grads) -> dict[str, torch.Tensor]:
         return {s: node_values(g.nodes, _scores(model, g, acts, grads, source, s.endswith("_all")),
                                task.roles, base.shape[0]) for s, g in grids.items()}
 
-    est = estimates(run.grads(retain=graddrop))
+    grads = run.grads(retain=graddrop)
+    est = estimates(grads)
     extras: dict[str, dict] = {s: {} for s in sites}
     bwd = 1
     if graddrop:
         total = {s: torch.zeros(len(g.nodes)) for s, g in grids.items()}
         for l in range(model.n_layers):
-            gates.scale = {hook_name("attn_out", l): 0.0, hook_name("mlp_out", l): 0.0}
-            for s, I_l in estimates(run.grads(retain=l < model.n_layers - 1)).items():
+            if fast:
+                dropped = _dropped_grads(model, run, grads, l, grad_names, places)
+            else:
+                gates.scale = {hook_name("attn_out", l): 0.0, hook_name("mlp_out", l): 0.0}
+                dropped = run.grads(retain=l < model.n_layers - 1)
+            for s, I_l in estimates(dropped).items():
                 total[s] += I_l.abs()
             bwd += 1
         gates.scale = {}
