@@ -16,8 +16,9 @@ for ``heads``), one invoke per patch. Values must agree (max |difference| is rec
 asserted below 1e-3). Beside the wall times, the benchmark counts the FLOPs each library's sweep
 runs (torch's FlopCounterMode on a separate, untimed run of circuitlab's sweep; one counted
 forward pass times the number of full passes for the peers) and divides by the wall time, next
-to the matmul peak measured on this machine in the same run, so the distance to the limit shows. Each library gets one untimed warm-up pass (nnsight: its
-clean-run trace) so that first-call set-up is not counted.
+to the matmul peak measured on this machine in the same run, so the distance to the limit shows.
+Each library gets one untimed warm-up pass (nnsight: its clean-run trace) so that first-call
+set-up is not counted.
 
     python benchmarks/patching_peers.py                       # GPT-2-small-shaped random model + SmolLM2-135M
     python benchmarks/patching_peers.py --models gpt2-small-random --quick   # minutes: 3 layers, 4 prompts

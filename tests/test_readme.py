@@ -50,7 +50,8 @@ def _expected() -> dict[str, list[str]]:
             f"nnsight 0.8.1 {sm['heads_all']['nnsight_s']:.1f} s / {sm['resid_pre']['nnsight_s']:.1f} s",
             f"**{sm['heads_all']['vs_transformer_lens']:.1f}x / {sm['resid_pre']['vs_transformer_lens']:.1f}x** "
             f"TransformerLens, **{sm['heads_all']['vs_nnsight']:.1f}x / {sm['resid_pre']['vs_nnsight']:.1f}x** nnsight",
-            f"{sm['heads_all']['circuitlab_fraction_of_peak']:.0%} / {sm['resid_pre']['circuitlab_fraction_of_peak']:.0%}"],
+            f"{sm['heads_all']['circuitlab_fraction_of_peak']:.0%} / "
+            f"{sm['resid_pre']['circuitlab_fraction_of_peak']:.0%}"],
         "same, GPT-2-small-shaped": [
             f"{g2['heads']['circuitlab_s']:.1f} s / {g2['resid_pre']['circuitlab_s']:.1f} s",
             f"{g2['heads']['transformer_lens_s']:.1f} s / {g2['resid_pre']['transformer_lens_s']:.1f} s",

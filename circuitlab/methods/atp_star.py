@@ -148,7 +148,8 @@ def atp_star_sites(model, task, sites: Sequence[str], direction: str = "denoisin
     places = _places(model)
     fast = graddrop and all(h in places for h in grad_names)
     if fast:  # GradDrop from the residual stream's gradients: no gates, shorter backward passes
-        resid = [hook_name("resid_pre", l) for l in range(model.n_layers)] + [hook_name("resid_post", model.n_layers - 1)]
+        L = model.n_layers
+        resid = [hook_name("resid_pre", l) for l in range(L)] + [hook_name("resid_post", L - 1)]
         run = forward_for_grads(model, base, task.metric, list(dict.fromkeys(grad_names + value_names + resid)))
     else:
         gate_names = [hook_name(s, l) for l in range(model.n_layers) for s in ("attn_out", "mlp_out")]
